@@ -163,7 +163,7 @@ class InvalidAmount(ValueError):
 def parse_decimal(value: object) -> Decimal:
     """A decimal from a TOML string or int (never a float: floats are not exact)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidAmount(f"expected a decimal string like \"10.5\", got {type(value).__name__}")
+        raise InvalidAmount(f'expected a decimal string like "10.5", got {type(value).__name__}')
     try:
         result = Decimal(value)
     except InvalidOperation as exc:

@@ -1,0 +1,558 @@
+"""The only code that changes a sweep's state.
+
+Every transition is one guarded UPDATE (`WHERE id = :id AND state IN (:from)`) plus one row in
+the append-only `sweep_events`, in one transaction. An illegal or stale transition raises and
+changes nothing. Work is claimed with leases (`claimed_by`, `lease_until`): a lease that ran out
+means its worker died, and the row is picked up again (a row is claimable at `now >= lease_until`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, Row, Table, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sweeper.domain import (
+    FINAL_STATES,
+    Clock,
+    IllegalTransition,
+    SweepState,
+    is_legal,
+    utcnow,
+)
+from sweeper.ledger.models import MAX_BASE_UNITS, DepositAddress, Sweep, SweepEvent
+
+sweeps = cast(Table, Sweep.__table__)
+events = cast(Table, SweepEvent.__table__)
+addresses = cast(Table, DepositAddress.__table__)
+
+# Columns a transition may set besides the state. Anything else (ids, address, token,
+# observed_amount, created_at) is fixed when the row is born.
+MUTABLE_COLUMNS = frozenset(
+    {
+        "amount", "destination", "serial", "scene", "cost_sun", "provider_balance_sun", "txid",
+        "signed_tx", "expiration", "attempts", "next_attempt_at", "claimed_by", "lease_until",
+        "last_error",
+    }
+)  # fmt: skip
+
+
+class LedgerError(Exception):
+    """An operator-facing refusal (unknown id, wrong state for the action …)."""
+
+
+class SweepNotFound(LedgerError):
+    pass
+
+
+class OpenSweepExists(LedgerError):
+    """(address, token) already has an open sweep: the partial unique index said no."""
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    id: int
+    address: str
+    token: str
+    token_contract: str
+    state: SweepState
+    observed_amount: int
+    amount: int
+    destination: str | None
+    serial: str | None
+    scene: int | None
+    cost_sun: int | None
+    provider_balance_sun: int | None
+    txid: str | None
+    signed_tx: str | None
+    expiration: datetime | None
+    attempts: int
+    next_attempt_at: datetime | None
+    claimed_by: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    retry_of: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> SweepRecord:
+        data = dict(row._mapping)
+        data["state"] = SweepState(data["state"])
+        return cls(**data)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class SweepEventRecord:
+    id: int
+    sweep_id: int
+    at: datetime
+    from_state: str | None
+    to_state: str
+    reason: str
+    actor: str | None
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class DepositAddressRecord:
+    id: int
+    address: str
+    hd_index: int | None
+    label: str | None
+    source: str
+    watched: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewAddress:
+    address: str
+    source: str  # hd | file | keyfile | import
+    hd_index: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    by_state: dict[str, int]
+    swept_by_token: dict[str, int]  # base units moved by confirmed sweeps
+    energy_cost_sun: int  # provider spend recorded on sweeps
+    addresses: int
+
+
+def _check_amount(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BASE_UNITS:
+        raise ValueError(f"{name}={value!r} is not an integer base-unit amount in 0..2^63-1")
+
+
+class Ledger:
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.now = clock
+
+    # --- sweeps: birth ----------------------------------------------------------------------
+
+    def queue_sweep(
+        self,
+        address: str,
+        token: str,
+        token_contract: str,
+        observed_amount: int,
+        *,
+        reason: str = "balance at or above min_sweep",
+        retry_of: int | None = None,
+        actor: str | None = None,
+    ) -> int | None:
+        """Queue a sweep; None when (address, token) already has an open one (the index decides)."""
+        _check_amount("observed_amount", observed_amount)
+        now = self.now()
+        try:
+            with self.engine.begin() as conn:
+                return self._insert_queued(
+                    conn, address, token, token_contract, observed_amount, reason, retry_of, actor, now
+                )
+        except IntegrityError as exc:
+            if _is_open_sweep_conflict(exc):
+                return None
+            raise
+
+    def _insert_queued(
+        self,
+        conn: Connection,
+        address: str,
+        token: str,
+        token_contract: str,
+        observed_amount: int,
+        reason: str,
+        retry_of: int | None,
+        actor: str | None,
+        now: datetime,
+    ) -> int:
+        sweep_id = conn.execute(
+            insert(sweeps)
+            .values(
+                address=address,
+                token=token,
+                token_contract=token_contract,
+                state=SweepState.QUEUED.value,
+                observed_amount=observed_amount,
+                amount=observed_amount,
+                attempts=0,
+                retry_of=retry_of,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(sweeps.c.id)
+        ).scalar_one()
+        self._event(conn, sweep_id, None, SweepState.QUEUED, reason, actor, None, now)
+        return int(sweep_id)
+
+    # --- sweeps: transitions ----------------------------------------------------------------
+
+    def transition(
+        self,
+        sweep_id: int,
+        source: SweepState | Iterable[SweepState],
+        target: SweepState,
+        *,
+        reason: str,
+        holder: str | None = None,
+        changes: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        release: bool = False,
+    ) -> SweepRecord:
+        """Move a sweep from `source` (the state the caller saw) to `target`, with its event row.
+
+        `holder`: the worker's id; the UPDATE then also requires `claimed_by = holder`, so a worker
+        whose lease was taken over cannot move the row. `release` drops the claim (final states
+        always do). Raises IllegalTransition, changing nothing, if the transition is not in the
+        table or the row is no longer in `source`.
+        """
+        sources = frozenset({source} if isinstance(source, SweepState) else source)
+        if not sources:
+            raise IllegalTransition("no source state given")
+        for s in sources:
+            if not is_legal(s, target):
+                raise IllegalTransition(f"sweep {sweep_id}: {s.value} -> {target.value} is not allowed")
+        values = dict(changes or {})
+        unknown = set(values) - MUTABLE_COLUMNS
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} in a transition")
+        if "amount" in values:
+            _check_amount("amount", values["amount"])
+        if "cost_sun" in values and values["cost_sun"] is not None:
+            _check_amount("cost_sun", values["cost_sun"])
+        now = self.now()
+        if release or target in FINAL_STATES:
+            values.update(claimed_by=None, lease_until=None)
+        if target in FINAL_STATES:
+            values.setdefault("next_attempt_at", None)
+        with self.engine.begin() as conn:
+            # Lock the row and read the state it is really in, so the event names it exactly.
+            current = conn.execute(
+                select(sweeps.c.state, sweeps.c.claimed_by).where(sweeps.c.id == sweep_id).with_for_update()
+            ).first()
+            if current is None:
+                raise SweepNotFound(f"sweep {sweep_id} does not exist")
+            expected = "/".join(sorted(s.value for s in sources))
+            if current.state not in expected.split("/"):
+                raise IllegalTransition(
+                    f"sweep {sweep_id} is {current.state}; expected {expected} for -> {target.value}"
+                )
+            if holder is not None and current.claimed_by != holder:
+                raise IllegalTransition(
+                    f"sweep {sweep_id} is claimed by {current.claimed_by or 'nobody'}, not {holder}; "
+                    f"{current.state} -> {target.value} refused"
+                )
+            guard = [sweeps.c.id == sweep_id, sweeps.c.state == current.state]
+            if holder is not None:
+                guard.append(sweeps.c.claimed_by == holder)
+            result = conn.execute(
+                update(sweeps)
+                .where(and_(*guard))
+                .values(state=target.value, updated_at=now, **values)
+                .returning(*sweeps.c)
+            ).first()
+            if result is None:  # pragma: no cover - the row lock above makes this unreachable
+                raise IllegalTransition(f"sweep {sweep_id} changed under us; nothing changed")
+            self._event(conn, sweep_id, current.state, target, reason, holder, data, now)
+        return SweepRecord.from_row(result)
+
+    def _event(
+        self,
+        conn: Connection,
+        sweep_id: int,
+        from_state: SweepState | str | None,
+        to_state: SweepState,
+        reason: str,
+        actor: str | None,
+        data: dict[str, Any] | None,
+        now: datetime,
+    ) -> None:
+        conn.execute(
+            insert(events).values(
+                sweep_id=sweep_id,
+                at=now,
+                from_state=from_state.value if isinstance(from_state, SweepState) else from_state,
+                to_state=to_state.value,
+                reason=reason,
+                actor=actor,
+                data=json.dumps(data, sort_keys=True, default=str) if data else None,
+            )
+        )
+
+    # --- claims -----------------------------------------------------------------------------
+
+    def _claimable(self, states: Sequence[SweepState], now: datetime) -> Any:
+        return and_(
+            sweeps.c.state.in_([s.value for s in states]),
+            or_(sweeps.c.next_attempt_at.is_(None), sweeps.c.next_attempt_at <= now),
+            or_(sweeps.c.lease_until.is_(None), sweeps.c.lease_until <= now),
+        )
+
+    def claim(
+        self, worker: str, states: Sequence[SweepState], *, limit: int, lease_seconds: float
+    ) -> list[SweepRecord]:
+        """Lease up to `limit` due rows in `states` to `worker`, oldest first.
+
+        Queued rows move to `ordering` (a transition, with its event); rows in later states keep
+        their state and only get the lease. Postgres: FOR UPDATE SKIP LOCKED, so concurrent
+        claimers never wait on or double-claim a row. SQLite: the transaction is IMMEDIATE.
+        """
+        if limit <= 0:
+            return []
+        now = self.now()
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    select(sweeps.c.id)
+                    .where(self._claimable(states, now))
+                    .order_by(sweeps.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+            )
+            if not ids:
+                return []
+            conn.execute(
+                update(sweeps).where(sweeps.c.id.in_(ids)).values(claimed_by=worker, lease_until=lease_until)
+            )
+            queued = list(
+                conn.execute(
+                    update(sweeps)
+                    .where(sweeps.c.id.in_(ids), sweeps.c.state == SweepState.QUEUED.value)
+                    .values(state=SweepState.ORDERING.value, updated_at=now)
+                    .returning(sweeps.c.id)
+                ).scalars()
+            )
+            for sweep_id in queued:
+                self._event(
+                    conn, sweep_id, SweepState.QUEUED, SweepState.ORDERING, "claimed", worker, None, now
+                )
+            rows = conn.execute(select(sweeps).where(sweeps.c.id.in_(ids)).order_by(sweeps.c.id)).all()
+        return [SweepRecord.from_row(r) for r in rows]
+
+    def renew_lease(self, sweep_id: int, worker: str, lease_seconds: float) -> bool:
+        """Extend a lease we still hold; False if it was lost (another worker took the row)."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker)
+                .values(lease_until=now + timedelta(seconds=lease_seconds))
+            )
+            return result.rowcount == 1
+
+    def release(self, sweep_id: int, worker: str, *, next_attempt_at: datetime | None = None) -> bool:
+        """Give a row back without changing its state (e.g. nothing to do yet)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker)
+                .values(claimed_by=None, lease_until=None, next_attempt_at=next_attempt_at)
+            )
+            return result.rowcount == 1
+
+    # --- operator actions -------------------------------------------------------------------
+
+    def cancel(
+        self, sweep_id: int, *, reason: str = "cancelled by operator", actor: str = "operator"
+    ) -> SweepRecord:
+        """Cancel a sweep nothing has been ordered for yet (state queued)."""
+        current = self.get_sweep(sweep_id)
+        if current.state is not SweepState.QUEUED:
+            raise LedgerError(
+                f"sweep {sweep_id} is {current.state.value}: only a queued sweep (nothing ordered yet) can be "
+                "cancelled"
+            )
+        try:
+            return self.transition(
+                sweep_id, SweepState.QUEUED, SweepState.CANCELLED, reason=reason, data={"actor": actor}
+            )
+        except IllegalTransition as exc:  # claimed by a worker between our read and the update
+            raise LedgerError(f"{exc}; nothing changed") from None
+
+    def retry(self, sweep_id: int, *, actor: str = "operator") -> int:
+        """A failed sweep gets a NEW queued row (retry_of = ID); the failed row stays as it was."""
+        original = self.get_sweep(sweep_id)
+        if original.state is not SweepState.FAILED:
+            raise LedgerError(
+                f"sweep {sweep_id} is {original.state.value}: only a failed sweep can be retried"
+            )
+        now = self.now()
+        try:
+            with self.engine.begin() as conn:
+                return self._insert_queued(
+                    conn,
+                    original.address,
+                    original.token,
+                    original.token_contract,
+                    original.observed_amount,
+                    f"retry of sweep {sweep_id}",
+                    sweep_id,
+                    actor,
+                    now,
+                )
+        except IntegrityError as exc:
+            with self.engine.connect() as conn:
+                retried = conn.execute(select(sweeps.c.id).where(sweeps.c.retry_of == sweep_id)).scalar()
+                open_id = conn.execute(
+                    select(sweeps.c.id).where(
+                        sweeps.c.address == original.address,
+                        sweeps.c.token == original.token,
+                        sweeps.c.state.not_in([s.value for s in FINAL_STATES]),
+                    )
+                ).scalar()
+            if retried is not None:
+                raise LedgerError(f"sweep {sweep_id} was already retried as sweep {retried}") from None
+            if open_id is not None:
+                raise OpenSweepExists(
+                    f"{original.address} already has an open {original.token} sweep ({open_id})"
+                ) from None
+            raise LedgerError(f"cannot retry sweep {sweep_id}: {exc.orig}") from None
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get_sweep(self, sweep_id: int) -> SweepRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(sweeps).where(sweeps.c.id == sweep_id)).first()
+        if row is None:
+            raise SweepNotFound(f"sweep {sweep_id} does not exist")
+        return SweepRecord.from_row(row)
+
+    def list_sweeps(
+        self, *, state: SweepState | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[SweepRecord]:
+        query = select(sweeps).order_by(sweeps.c.id.desc()).offset(offset)
+        if state is not None:
+            query = query.where(sweeps.c.state == state.value)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [SweepRecord.from_row(r) for r in conn.execute(query)]
+
+    def events(self, sweep_id: int) -> list[SweepEventRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.sweep_id == sweep_id).order_by(events.c.id)
+            ).all()
+        return [
+            SweepEventRecord(
+                id=r.id,
+                sweep_id=r.sweep_id,
+                at=r.at,
+                from_state=r.from_state,
+                to_state=r.to_state,
+                reason=r.reason,
+                actor=r.actor,
+                data=json.loads(r.data) if r.data else None,
+            )
+            for r in rows
+        ]
+
+    def stats(self) -> Stats:
+        with self.engine.connect() as conn:
+            by_state = {s.value: 0 for s in SweepState}
+            for state, count in conn.execute(select(sweeps.c.state, func.count()).group_by(sweeps.c.state)):
+                by_state[state] = int(count)
+            swept = {
+                token: int(total)
+                for token, total in conn.execute(
+                    select(sweeps.c.token, func.sum(sweeps.c.amount))
+                    .where(sweeps.c.state == SweepState.CONFIRMED.value)
+                    .group_by(sweeps.c.token)
+                )
+            }
+            cost = conn.execute(select(func.coalesce(func.sum(sweeps.c.cost_sun), 0))).scalar_one()
+            count = conn.execute(select(func.count()).select_from(addresses)).scalar_one()
+        return Stats(by_state=by_state, swept_by_token=swept, energy_cost_sun=int(cost), addresses=int(count))
+
+    # --- deposit addresses ------------------------------------------------------------------
+
+    def upsert_addresses(self, new: Iterable[NewAddress], *, batch: int = 1000) -> int:
+        """Add addresses not yet known (existing rows are left as they are); returns how many were added."""
+        added = 0
+        pending: list[NewAddress] = []
+        for item in new:
+            pending.append(item)
+            if len(pending) >= batch:
+                added += self._add_batch(pending)
+                pending = []
+        if pending:
+            added += self._add_batch(pending)
+        return added
+
+    def _add_batch(self, items: list[NewAddress]) -> int:
+        now = self.now()
+        unique: dict[str, NewAddress] = {}
+        for item in items:
+            unique.setdefault(item.address, item)
+        with self.engine.begin() as conn:
+            known = set(
+                conn.execute(
+                    select(addresses.c.address).where(addresses.c.address.in_(list(unique)))
+                ).scalars()
+            )
+            rows = [
+                {
+                    "address": a.address,
+                    "hd_index": a.hd_index,
+                    "label": a.label,
+                    "source": a.source,
+                    "watched": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for a in unique.values()
+                if a.address not in known
+            ]
+            if rows:
+                conn.execute(insert(addresses), rows)
+        return len(rows)
+
+    def list_addresses(self, *, limit: int | None = None, after_id: int = 0) -> list[DepositAddressRecord]:
+        query = select(addresses).where(addresses.c.id > after_id).order_by(addresses.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                DepositAddressRecord(
+                    id=r.id,
+                    address=r.address,
+                    hd_index=r.hd_index,
+                    label=r.label,
+                    source=r.source,
+                    watched=bool(r.watched),
+                    created_at=r.created_at,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def known_addresses(self, candidates: Iterable[str]) -> set[str]:
+        wanted = list(candidates)
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(select(addresses.c.address).where(addresses.c.address.in_(wanted))).scalars()
+            )
+
+    def hd_index_owner(self, hd_index: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(addresses.c.address).where(addresses.c.hd_index == hd_index)).scalar()
+
+
+def _is_open_sweep_conflict(exc: IntegrityError) -> bool:
+    text = str(exc.orig)
+    return "uq_sweeps_open_address_token" in text or (
+        "UNIQUE constraint failed: sweeps.address, sweeps.token" in text
+    )

@@ -1,0 +1,159 @@
+"""The ledger's tables. Migrations in migrations/ create exactly these (a test compares them).
+
+Amounts are integers in base units (BigInteger): SQLite's NUMERIC would silently turn big values
+into floats. Times are stored in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from sweeper.domain import OPEN_STATES, SweepState
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres gets a real 64-bit id.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+MAX_BASE_UNITS = 2**63 - 1
+
+
+def state_check_sql(column: str = "state") -> str:
+    values = ", ".join(f"'{s.value}'" for s in SweepState)
+    return f"{column} IN ({values})"
+
+
+def open_states_sql(column: str = "state") -> str:
+    values = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
+    return f"{column} IN ({values})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive text) and Postgres alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DepositAddress(Base):
+    __tablename__ = "deposit_addresses"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(34), nullable=False, unique=True)
+    hd_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Where we learnt of it: hd (derived from the mnemonic), file, keyfile, import.
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    watched: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (CheckConstraint("source IN ('hd', 'file', 'keyfile', 'import')", name="source"),)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(
+        String(34), ForeignKey("deposit_addresses.address", ondelete="RESTRICT"), nullable=False
+    )
+    token: Mapped[str] = mapped_column(String(16), nullable=False)
+    token_contract: Mapped[str] = mapped_column(String(34), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    observed_amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    destination: Mapped[str | None] = mapped_column(String(34), nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    scene: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    provider_balance_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    txid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    signed_tx: Mapped[str | None] = mapped_column(Text, nullable=True)
+    expiration: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A retry is a new row; each failed row can be retried once (unique), so each row has at
+    # most one energy order and the chain of retries stays readable.
+    retry_of: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("sweeps.id", ondelete="RESTRICT"), nullable=True, unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(state_check_sql(), name="state"),
+        CheckConstraint("observed_amount >= 0 AND amount >= 0", name="amounts"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        # At most one open sweep per (address, token): two scanners, a restart or two daemons
+        # can never queue the same money twice.
+        Index(
+            "uq_sweeps_open_address_token",
+            "address",
+            "token",
+            unique=True,
+            sqlite_where=text(open_states_sql()),
+            postgresql_where=text(open_states_sql()),
+        ),
+        Index("ix_sweeps_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+
+class SweepEvent(Base):
+    """Append-only history of every transition (DB triggers refuse UPDATE and DELETE)."""
+
+    __tablename__ = "sweep_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sweeps.id", ondelete="RESTRICT"), nullable=False, index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    data: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON details
