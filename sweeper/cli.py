@@ -451,12 +451,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given before the command is not reset by the command's own parser.
     common.add_argument(
-        "--config", default=argparse.SUPPRESS, help="config file (default: $SWEEPER_CONFIG, else ./sweeper.toml)"
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: $SWEEPER_CONFIG, else ./sweeper.toml)",
     )
     common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document on stdout (default off a TTY)"
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="one JSON document on stdout (default off a TTY)",
     )
-    common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ERROR")
+    common.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ERROR"
+    )
 
     parser = _Parser(
         prog="sweeper", description="Sweeps TRON deposit addresses into one wallet.", parents=[common]

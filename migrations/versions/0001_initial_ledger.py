@@ -43,11 +43,11 @@ def upgrade() -> None:
         sa.Column("watched", sa.Boolean(), nullable=False, server_default=sa.text("true")),
         sa.Column("created_at", Time, nullable=False),
         sa.Column("updated_at", Time, nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_deposit_addresses"),
-        sa.UniqueConstraint("address", name="uq_deposit_addresses_address"),
-        sa.UniqueConstraint("hd_index", name="uq_deposit_addresses_hd_index"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_deposit_addresses")),
+        sa.UniqueConstraint("address", name=op.f("uq_deposit_addresses_address")),
+        sa.UniqueConstraint("hd_index", name=op.f("uq_deposit_addresses_hd_index")),
         sa.CheckConstraint(
-            "source IN ('hd', 'file', 'keyfile', 'import')", name="ck_deposit_addresses_source"
+            "source IN ('hd', 'file', 'keyfile', 'import')", name=op.f("ck_deposit_addresses_source")
         ),
     )
     op.create_table(
@@ -75,22 +75,22 @@ def upgrade() -> None:
         sa.Column("retry_of", BigId, nullable=True),
         sa.Column("created_at", Time, nullable=False),
         sa.Column("updated_at", Time, nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_sweeps"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sweeps")),
         sa.ForeignKeyConstraint(
             ["address"],
             ["deposit_addresses.address"],
-            name="fk_sweeps_address_deposit_addresses",
+            name=op.f("fk_sweeps_address_deposit_addresses"),
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
-            ["retry_of"], ["sweeps.id"], name="fk_sweeps_retry_of_sweeps", ondelete="RESTRICT"
+            ["retry_of"], ["sweeps.id"], name=op.f("fk_sweeps_retry_of_sweeps"), ondelete="RESTRICT"
         ),
-        sa.UniqueConstraint("serial", name="uq_sweeps_serial"),
-        sa.UniqueConstraint("txid", name="uq_sweeps_txid"),
-        sa.UniqueConstraint("retry_of", name="uq_sweeps_retry_of"),
-        sa.CheckConstraint(_in(STATES), name="ck_sweeps_state"),
-        sa.CheckConstraint("observed_amount >= 0 AND amount >= 0", name="ck_sweeps_amounts"),
-        sa.CheckConstraint("attempts >= 0", name="ck_sweeps_attempts"),
+        sa.UniqueConstraint("serial", name=op.f("uq_sweeps_serial")),
+        sa.UniqueConstraint("txid", name=op.f("uq_sweeps_txid")),
+        sa.UniqueConstraint("retry_of", name=op.f("uq_sweeps_retry_of")),
+        sa.CheckConstraint(_in(STATES), name=op.f("ck_sweeps_state")),
+        sa.CheckConstraint("observed_amount >= 0 AND amount >= 0", name=op.f("ck_sweeps_amounts")),
+        sa.CheckConstraint("attempts >= 0", name=op.f("ck_sweeps_attempts")),
     )
     op.create_index(
         "uq_sweeps_open_address_token",
@@ -111,9 +111,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("actor", sa.String(128), nullable=True),
         sa.Column("data", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_sweep_events"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sweep_events")),
         sa.ForeignKeyConstraint(
-            ["sweep_id"], ["sweeps.id"], name="fk_sweep_events_sweep_id_sweeps", ondelete="RESTRICT"
+            ["sweep_id"], ["sweeps.id"], name=op.f("fk_sweep_events_sweep_id_sweeps"), ondelete="RESTRICT"
         ),
     )
     op.create_index("ix_sweep_events_sweep_id", "sweep_events", ["sweep_id"])

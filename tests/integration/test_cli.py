@@ -1,0 +1,172 @@
+"""The operator's commands against a real ledger (SQLite and Postgres)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sweeper.cli import main
+from sweeper.domain import SweepState
+from sweeper.ledger import Ledger, make_engine
+from tests.conftest import REPO
+
+A = [
+    "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH",
+    "TSeJkUh4Qv67VNFwY8LaAxERygNdy6NQZK",
+    "TYJPRrdB5APNeRs4R7fYZSwW3TcrTKw2gx",
+]
+USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
+CONTRACT_FIELDS = {"id", "address", "token", "observed_amount", "amount", "state", "serial", "cost_sun", "txid",
+                   "created_at", "updated_at"}  # fmt: skip
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str) -> Path:
+    text = (
+        (REPO / "config.example.toml")
+        .read_text()
+        .replace('url = "sqlite:///sweeper.db"', f'url = "{db_url}"')
+    )
+    path = tmp_path / "sweeper.toml"
+    path.write_text(text)
+    return path
+
+
+def run(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["--config", str(config), *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "command", [["sweeps", "list"], ["addresses", "list"], ["stats"], ["sweeps", "show", "1"]]
+)
+def test_unmigrated_database_exits_2_naming_migrate(
+    config: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(config, *command, capsys=capsys)
+    assert code == 2
+    assert "run `sweeper migrate`" in err
+
+
+def test_migrate_is_safe_to_rerun(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, "migrate", capsys=capsys)[:2] == (0, "ledger schema upgraded from empty to 0001\n")
+    assert run(config, "migrate", capsys=capsys)[:2] == (
+        0,
+        "ledger schema already at the newest revision (0001)\n",
+    )
+
+
+def test_import_reports_bad_lines_and_changes_nothing(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "migrate", capsys=capsys)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{A[0]},0,shop zero\nTNotAnAddress\n{A[1]},x\n# comment\n\n{A[2]}\n")
+    code, _, err = run(config, "addresses", "import", str(bad), capsys=capsys)
+    assert code == 2
+    assert f"{bad}:2: " in err and f"{bad}:3: hd_index 'x'" in err
+    assert f"{bad}: nothing imported" in err
+    assert json.loads(run(config, "addresses", "list", "--json", capsys=capsys)[1]) == []
+
+
+def test_import_list_and_duplicates(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(config, "migrate", capsys=capsys)
+    good = tmp_path / "good.txt"
+    good.write_text(f"{A[0]},0,shop, with comma\n{A[1]}\n{A[0]},0,dup\n")
+    code, out, _ = run(config, "addresses", "import", str(good), "--json", capsys=capsys)
+    assert code == 0 and json.loads(out) == {"imported": 2, "already_known": 0}
+    code, out, _ = run(config, "addresses", "import", str(good), "--json", capsys=capsys)
+    assert json.loads(out) == {"imported": 0, "already_known": 2}
+    listed = json.loads(run(config, "addresses", "list", "--json", capsys=capsys)[1])
+    assert [(a["address"], a["hd_index"], a["label"], a["source"]) for a in listed] == [
+        (A[0], 0, "shop, with comma", "import"),
+        (A[1], None, None, "import"),
+    ]
+
+
+def test_import_refuses_the_destination(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "migrate", capsys=capsys)
+    f = tmp_path / "dest.txt"
+    f.write_text("TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW\n")
+    code, _, err = run(config, "addresses", "import", str(f), capsys=capsys)
+    assert code == 2 and "wallet.destination" in err
+
+
+def _ledger(db_url: str) -> Ledger:
+    return Ledger(make_engine(db_url))
+
+
+def test_sweeps_list_show_cancel_retry_stats(
+    config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "migrate", capsys=capsys)
+    f = tmp_path / "a.txt"
+    f.write_text("\n".join(A))
+    run(config, "addresses", "import", str(f), capsys=capsys)
+    ledger = _ledger(db_url)
+    first = ledger.queue_sweep(A[0], "USDT", USDT, 125_500_000)
+    second = ledger.queue_sweep(A[1], "USDT", USDT, 10_000_000)
+    assert first and second
+    ledger.transition(first, SweepState.QUEUED, SweepState.ORDERING, reason="claimed")
+    ledger.transition(first, SweepState.ORDERING, SweepState.FAILED, reason="provider rejected the order",
+                      changes={"last_error": "bad address"})  # fmt: skip
+
+    code, out, _ = run(config, "sweeps", "list", "--json", capsys=capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["id"] for r in rows] == [second, first]
+    assert rows[0].keys() >= CONTRACT_FIELDS
+    assert (rows[1]["observed_amount"], rows[1]["amount"], rows[1]["state"]) == ("125.5", "125.5", "failed")
+    assert (
+        json.loads(run(config, "sweeps", "list", "--state", "queued", "--json", capsys=capsys)[1])[0]["id"]
+        == second
+    )
+    code, _, err = run(config, "sweeps", "list", "--state", "lost", capsys=capsys)
+    assert code == 2 and "not a sweep state" in err
+
+    shown = json.loads(run(config, "sweeps", "show", str(first), "--json", capsys=capsys)[1])
+    assert [(e["from_state"], e["to_state"]) for e in shown["events"]] == [
+        (None, "queued"), ("queued", "ordering"), ("ordering", "failed"),
+    ]  # fmt: skip
+    assert shown["last_error"] == "bad address"
+    code, _, err = run(config, "sweeps", "show", "999", capsys=capsys)
+    assert code == 2 and "sweep 999 does not exist" in err
+
+    code, _, err = run(config, "sweeps", "retry", str(second), capsys=capsys)
+    assert code == 2 and "only a failed sweep" in err
+    code, out, _ = run(config, "sweeps", "retry", str(first), "--json", capsys=capsys)
+    retried = json.loads(out)
+    assert code == 0 and retried["retried"] == first
+    assert ledger.get_sweep(retried["new_id"]).retry_of == first
+
+    code, _, err = run(config, "sweeps", "cancel", str(first), capsys=capsys)
+    assert code == 2 and "only a queued sweep" in err
+    assert run(config, "sweeps", "cancel", str(second), capsys=capsys)[0] == 0
+    assert ledger.get_sweep(second).state is SweepState.CANCELLED
+
+    stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
+    assert stats["sweeps_by_state"]["failed"] == 1 and stats["sweeps_by_state"]["cancelled"] == 1
+    assert stats["sweeps_by_state"]["queued"] == 1 and stats["deposit_addresses"] == 3
+    ledger.engine.dispose()
+
+
+def test_tables_on_a_tty(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    run(config, "migrate", capsys=capsys)
+    out = Tty()
+    assert main(["--config", str(config), "stats"], out=out) == 0
+    assert "STATE" in out.getvalue() and "queued" in out.getvalue()
+    out = Tty()
+    assert main(["--config", str(config), "sweeps", "list"], out=out) == 0
+    assert out.getvalue().startswith("ID")
