@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -177,9 +178,9 @@ def test_keyfile_must_be_private(
 ) -> None:
     keyfile = tmp_path / "keys.json"
     keyfile.write_text(
-        '{"%s": "%s"}' % (ADDR0, "b5a4cea271ff424d7c31dc12a3e43e401df7a40d7412a15750f3f0b6b5449a28")
+        json.dumps({ADDR0: "b5a4cea271ff424d7c31dc12a3e43e401df7a40d7412a15750f3f0b6b5449a28"})
     )
-    keyfile.chmod(0o644)  # noqa: S103 - the unsafe mode under test
+    keyfile.chmod(0o644)
     text = (
         example_text()
         .replace('source = "mnemonic"', 'source = "keyfile"')
