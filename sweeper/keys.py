@@ -9,8 +9,11 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins
+from tronpy.exceptions import BadKey
+from tronpy.keys import PrivateKey
 
 from sweeper.domain import InvalidAddress, Secret, check_tron_address
 
@@ -28,8 +31,8 @@ class HdWallet:
             seed = Bip39SeedGenerator(words).Generate(passphrase)
         except Exception:  # bip-utils raises several types; none may leak the words
             raise KeySourceError("the mnemonic is not a valid BIP39 phrase") from None
-        self._chain = Bip44.FromSeed(seed, Bip44Coins.TRON).Purpose().Coin().Account(0).Change(
-            Bip44Changes.CHAIN_EXT
+        self._chain = (
+            Bip44.FromSeed(seed, Bip44Coins.TRON).Purpose().Coin().Account(0).Change(Bip44Changes.CHAIN_EXT)
         )
 
     def private_key(self, index: int) -> Secret:
@@ -83,3 +86,116 @@ def _is_hex(text: str) -> bool:
 
 def keyfile_is_private(path: Path) -> bool:
     return not (os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+
+
+# --- signing keys --------------------------------------------------------------------------------
+
+
+class KeyMismatch(KeySourceError):
+    """The key found for an address derives a different address: never sign with it."""
+
+
+class UnknownAddress(KeySourceError):
+    """No key source holds a key for this address."""
+
+
+def address_of_key(private_key: Secret) -> str:
+    """The T-address a private key (64 hex chars, wrapped) controls."""
+    try:
+        return str(PrivateKey(bytes.fromhex(private_key.reveal())).public_key.to_base58check_address())
+    except (ValueError, BadKey):
+        raise KeySourceError("not a valid secp256k1 private key") from None
+
+
+class SigningKey:
+    """A private key bound to the address it controls; the raw key never leaves this object.
+
+    Built only by `KeyRing.key_for`, which has checked that the key derives `address`.
+    """
+
+    __slots__ = ("_key", "address")
+
+    def __init__(self, address: str, key: Secret) -> None:
+        derived = address_of_key(key)
+        if derived != address:
+            raise KeyMismatch(f"the key held for {address} controls {derived}, not {address}")
+        self.address = address
+        self._key = key
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """A 65-byte recoverable secp256k1 signature (r, s, v) of a 32-byte digest (a txid)."""
+        if len(digest) != 32:
+            raise ValueError("a TRON signature covers a 32-byte digest")
+        signature = PrivateKey(bytes.fromhex(self._key.reveal())).sign_msg_hash(digest)
+        return bytes(signature.to_bytes())
+
+    def __repr__(self) -> str:
+        return f"SigningKey(address={self.address!r}, key=***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a SigningKey cannot be pickled or copied out of the process")
+
+
+class KeyRing:
+    """Every deposit address the sweeper may sign for, and where its key comes from.
+
+    HD addresses are registered by index (the key is derived only when a sweep needs it); keyfile
+    keys are held as `Secret`s. `key_for(address)` returns a key only if the key's own address
+    equals the sweep's address, so a wrong index, a swapped keyfile entry or a corrupted row can
+    never get a transaction signed by the wrong key.
+    """
+
+    def __init__(self) -> None:
+        self._hd: dict[str, tuple[HdWallet, int]] = {}
+        self._keys: dict[str, Secret] = {}
+
+    def add_hd(self, wallet: HdWallet, index: int, address: str | None = None) -> str:
+        """Register m/44'/195'/0'/0/index; `address` (e.g. from the ledger) skips the derivation now
+        and is checked against the derived key at signing time."""
+        if index < 0 or index >= 2**31:
+            raise KeySourceError(f"HD index {index} is out of range")
+        if address is None:
+            address = wallet.address(index)
+        else:
+            check_tron_address(address)
+        self._hd[address] = (wallet, index)
+        return address
+
+    def add_key(self, address: str, key: Secret) -> None:
+        """Register a keyfile entry; refused at once if the key does not control `address`."""
+        check_tron_address(address)
+        derived = address_of_key(key)
+        if derived != address:
+            raise KeyMismatch(f"the key given for {address} controls {derived}")
+        self._keys[address] = key
+
+    def add_keyfile(self, keys: dict[str, Secret]) -> None:
+        for address, key in keys.items():
+            self.add_key(address, key)
+
+    def key_for(self, address: str) -> SigningKey:
+        """The signing key for a sweep's address; raises UnknownAddress or KeyMismatch."""
+        if address in self._keys:
+            return SigningKey(address, self._keys[address])
+        if address in self._hd:
+            wallet, index = self._hd[address]
+            return SigningKey(address, wallet.private_key(index))
+        raise UnknownAddress(f"no key for {address}")
+
+    def addresses(self) -> list[str]:
+        return sorted(set(self._hd) | set(self._keys))
+
+    def hd_index(self, address: str) -> int | None:
+        entry = self._hd.get(address)
+        return entry[1] if entry else None
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._hd or address in self._keys
+
+    def __len__(self) -> int:
+        return len(set(self._hd) | set(self._keys))
+
+    def __repr__(self) -> str:
+        return f"KeyRing({len(self)} addresses, keys=***)"

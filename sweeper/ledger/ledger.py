@@ -25,11 +25,12 @@ from sweeper.domain import (
     is_legal,
     utcnow,
 )
-from sweeper.ledger.models import MAX_BASE_UNITS, DepositAddress, Sweep, SweepEvent
+from sweeper.ledger.models import MAX_BASE_UNITS, DepositAddress, ScanProgress, Sweep, SweepEvent
 
 sweeps = cast(Table, Sweep.__table__)
 events = cast(Table, SweepEvent.__table__)
 addresses = cast(Table, DepositAddress.__table__)
+scan_progress = cast(Table, ScanProgress.__table__)
 
 # Columns a transition may set besides the state. Anything else (ids, address, token,
 # observed_amount, created_at) is fixed when the row is born.
@@ -120,6 +121,20 @@ class NewAddress:
     source: str  # hd | file | keyfile | import
     hd_index: int | None = None
     label: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanPassState:
+    name: str
+    pass_started_at: datetime
+    last_address_id: int
+    addresses_scanned: int
+    sweeps_queued: int
+    completed_at: datetime | None
+
+    @property
+    def resumed(self) -> bool:
+        return self.last_address_id > 0
 
 
 @dataclass(frozen=True)
@@ -546,9 +561,113 @@ class Ledger:
                 conn.execute(select(addresses.c.address).where(addresses.c.address.in_(wanted))).scalars()
             )
 
+    def hd_indexes_between(self, low: int, high: int) -> dict[int, str]:
+        """hd_index -> address for the ledger's derived addresses with low <= hd_index <= high."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(addresses.c.hd_index, addresses.c.address).where(
+                    addresses.c.hd_index >= low, addresses.c.hd_index <= high
+                )
+            )
+            return {int(r.hd_index): str(r.address) for r in rows}
+
     def hd_index_owner(self, hd_index: int) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(select(addresses.c.address).where(addresses.c.hd_index == hd_index)).scalar()
+
+    # --- detection: watched pages and pass progress ------------------------------------------
+
+    def watched_page(self, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+        """(id, address) of watched deposit addresses with id > after_id, in id order (streaming)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(addresses.c.id, addresses.c.address)
+                .where(addresses.c.id > after_id, addresses.c.watched.is_(True))
+                .order_by(addresses.c.id)
+                .limit(limit)
+            ).all()
+        return [(int(r.id), str(r.address)) for r in rows]
+
+    def with_open_sweep(self, token: str, candidates: Iterable[str]) -> set[str]:
+        """Which of these addresses already have an open sweep of `token` (no need to read them)."""
+        wanted = list(candidates)
+        if not wanted:
+            return set()
+        with self.engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(sweeps.c.address).where(
+                        sweeps.c.token == token,
+                        sweeps.c.address.in_(wanted),
+                        sweeps.c.state.not_in([s.value for s in FINAL_STATES]),
+                    )
+                ).scalars()
+            )
+
+    def begin_scan_pass(self, name: str) -> ScanPassState:
+        """The pass to work on: the unfinished one if a crash interrupted it, else a new one."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(scan_progress).where(scan_progress.c.name == name).with_for_update()
+            ).first()
+            if row is None:
+                conn.execute(insert(scan_progress).values(name=name, pass_started_at=now, updated_at=now))
+            elif row.completed_at is not None:
+                conn.execute(
+                    update(scan_progress)
+                    .where(scan_progress.c.name == name)
+                    .values(
+                        pass_started_at=now,
+                        last_address_id=0,
+                        addresses_scanned=0,
+                        sweeps_queued=0,
+                        completed_at=None,
+                        updated_at=now,
+                    )
+                )
+            state = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).one()
+        return _scan_state(state)
+
+    def advance_scan_pass(self, name: str, *, last_address_id: int, scanned: int, queued: int) -> None:
+        """Record that every address up to `last_address_id` was read in the current pass."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(scan_progress)
+                .where(scan_progress.c.name == name, scan_progress.c.last_address_id < last_address_id)
+                .values(
+                    last_address_id=last_address_id,
+                    addresses_scanned=scan_progress.c.addresses_scanned + scanned,
+                    sweeps_queued=scan_progress.c.sweeps_queued + queued,
+                    updated_at=self.now(),
+                )
+            )
+
+    def complete_scan_pass(self, name: str) -> ScanPassState:
+        now = self.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(scan_progress)
+                .where(scan_progress.c.name == name, scan_progress.c.completed_at.is_(None))
+                .values(completed_at=now, updated_at=now)
+            )
+            return _scan_state(conn.execute(select(scan_progress).where(scan_progress.c.name == name)).one())
+
+    def scan_pass(self, name: str) -> ScanPassState | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).first()
+        return _scan_state(row) if row is not None else None
+
+
+def _scan_state(row: Row[Any]) -> ScanPassState:
+    return ScanPassState(
+        name=row.name,
+        pass_started_at=row.pass_started_at,
+        last_address_id=int(row.last_address_id),
+        addresses_scanned=int(row.addresses_scanned),
+        sweeps_queued=int(row.sweeps_queued),
+        completed_at=row.completed_at,
+    )
 
 
 def _is_open_sweep_conflict(exc: IntegrityError) -> bool:

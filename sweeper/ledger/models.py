@@ -157,3 +157,17 @@ class SweepEvent(Base):
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     actor: Mapped[str | None] = mapped_column(String(128), nullable=True)
     data: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON details
+
+
+class ScanProgress(Base):
+    """One row per detection pass kind ("poll"): where the current pass is, by deposit address id."""
+
+    __tablename__ = "scan_progress"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pass_started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_address_id: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    addresses_scanned: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    sweeps_queued: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -29,7 +29,9 @@ class RunningServer:
         self.stop()
 
 
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0) -> RunningServer:
+def serve_in_thread(
+    app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0
+) -> RunningServer:
     """Start `app` under uvicorn on host:port (0 = a free port) and return once it accepts connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,7 +39,9 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, startup_ti
     actual_port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"sandbox:{actual_port}")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"sandbox:{actual_port}"
+    )
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:

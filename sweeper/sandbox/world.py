@@ -6,18 +6,53 @@ world from another. Every mutation happens under `world.lock`.
 Ownership: the TRON-access work owns blocks/transactions/broadcast execution (added here by it);
 the provider sandbox only calls `activate`, `delegate_energy`, `add_bandwidth`, `holds_token`.
 These signatures are a contract between the two fakes: extend, don't change.
+
+The chain model follows java-tron closely where a sweeper could notice the difference:
+- blocks are produced on demand (`produce_block`) or by a ticker the node runs; a block's id is its
+  8-byte number followed by 24 bytes of hash, which is what TAPOS references;
+- a broadcast is checked like java-tron does it (duplicate, TAPOS, expiration against the head
+  block's time, signature recovering to the owner, bandwidth, contract validation), and rejected
+  with java-tron's error codes; bandwidth is charged when the transaction is accepted;
+- a TRC20 transfer executes when its block is produced: energy from delegation first, then the
+  owner's TRX burnt, all capped at fee_limit / energy fee; short of that it FAILS with OUT_OF_ENERGY
+  and burns the whole limit, as java-tron does;
+- solidification trails the head by `solid_lag` blocks and can be held.
+Time is `time.time()` plus `time_offset_ms`, so a test can move the chain's clock forward
+(`advance_time`) to expire transactions without waiting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from tronpy.keys import Signature, to_base58check_address
+from tronpy.proto import calculate_txid_from_raw_data
+from tronpy.proto.transaction import _raw_data_to_protobuf
+from tronpy.proto.tron_pb2 import Transaction
+
+from sweeper.domain import address_to_hex
 
 USDT_MAINNET = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 
 # Energy a USDT transfer needs (tronpy-notes.md): recipient holds USDT / holds none.
 USDT_ENERGY_OLD_HOLDER = 64_285
 USDT_ENERGY_NEW_HOLDER = 130_285
+# Energy a reverting transfer (amount above the balance) burns before the REVERT.
+USDT_ENERGY_REVERT = 13_000
+
+TRANSFER_SELECTOR = "a9059cbb"  # transfer(address,uint256)
+TRANSFER_EVENT_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+# java-tron: a transaction's expiration may be at most 24 h after the head block's time.
+MAX_EXPIRATION_AHEAD_MS = 24 * 3600 * 1000
+# java-tron: bytes charged on top of the serialized transaction (MAX_RESULT_SIZE_IN_TX).
+RESULT_SIZE_IN_TX = 64
+# java-tron: TAPOS looks back over the last 65,536 blocks.
+TAPOS_WINDOW = 65_536
 
 
 @dataclass
@@ -29,6 +64,8 @@ class Account:
     energy_used: int = 0  # energy consumed from the delegation so far
     delegated_bandwidth: int = 0  # bandwidth bytes given to it (the provider covers a sweep's ~350)
     bandwidth_used: int = 0
+    free_bandwidth_used: int = 0  # of the daily free bandwidth (activated accounts only)
+    create_time_ms: int = 0
 
     @property
     def energy_available(self) -> int:
@@ -37,6 +74,80 @@ class Account:
     @property
     def bandwidth_available(self) -> int:
         return max(0, self.delegated_bandwidth - self.bandwidth_used)
+
+
+@dataclass(frozen=True)
+class Block:
+    number: int
+    block_id: str  # 64 hex chars: 8-byte number + 24 bytes of hash
+    parent_id: str
+    timestamp_ms: int
+    txids: tuple[str, ...]
+
+
+@dataclass
+class Receipt:
+    """What java-tron keeps as TransactionInfo; rendered by the node (visible or not)."""
+
+    result: str  # receipt.result: SUCCESS, OUT_OF_ENERGY, REVERT
+    energy_usage: int = 0  # from delegated/staked energy
+    energy_fee_sun: int = 0  # TRX burnt for energy
+    net_usage: int = 0  # bandwidth bytes from delegated/free bandwidth
+    net_fee_sun: int = 0  # TRX burnt for bandwidth
+    res_message: str = ""
+    # (contract T-address, topics as 32-byte hex, data hex)
+    logs: list[tuple[str, list[str], str]] = field(default_factory=list)
+
+    @property
+    def fee_sun(self) -> int:
+        return self.energy_fee_sun + self.net_fee_sun
+
+
+@dataclass
+class TxRecord:
+    txid: str
+    raw_data: dict[str, Any]
+    raw_data_hex: str
+    signature: list[str]
+    owner: str
+    contract_type: str
+    contract: str | None  # TriggerSmartContract: the contract's T-address
+    to: str | None
+    amount: int
+    fee_limit: int
+    expiration_ms: int
+    receipt: Receipt  # bandwidth filled at acceptance, the rest at execution
+    block_number: int | None = None
+    block_timestamp_ms: int | None = None
+    energy_used_total: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "txID": self.txid,
+            "raw_data": self.raw_data,
+            "raw_data_hex": self.raw_data_hex,
+            "signature": list(self.signature),
+            "ret": [{"contractRet": self.receipt.result}] if self.block_number is not None else [],
+        }
+
+
+class NodeRejection(Exception):
+    """A broadcast java-tron refuses: `code` is its response code, `message` its (plain) text."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def _addr(value: str) -> str:
+    """Hex (41…) or base58 -> base58 T-address."""
+    return str(to_base58check_address(value))
+
+
+def _block_id(number: int, parent_id: str, timestamp_ms: int, txids: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(f"{number}|{parent_id}|{timestamp_ms}|{','.join(txids)}".encode()).hexdigest()
+    return number.to_bytes(8, "big").hex() + digest[16:]
 
 
 @dataclass
@@ -48,6 +159,25 @@ class World:
     token_balances: dict[tuple[str, str], int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
+    # --- chain (owned by the TRON-access work) ---
+    bandwidth_fee_sun: int = 1_000  # sun per byte when bandwidth is burnt (getTransactionFee)
+    free_bandwidth: int = 600  # daily free bandwidth of an activated account (getFreeNetLimit)
+    solid_lag: int = 19  # blocks between the head and the latest solidified block
+    time_offset_ms: int = 0
+    blocks: list[Block] = field(default_factory=list)
+    transactions: dict[str, TxRecord] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+    solid_number: int = 0
+    solidification_held: bool = False
+    inclusion_held: bool = False  # accepted transactions stay pending (never mined while held)
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            genesis_ts = self.now_ms()
+            self.blocks.append(Block(0, _block_id(0, "00" * 32, genesis_ts, ()), "00" * 32, genesis_ts, ()))
+
+    # --- accounts and tokens (the contract with the provider sandbox) ---
+
     def account(self, address: str) -> Account:
         """The account record, created (not activated) on first sight."""
         with self.lock:
@@ -58,7 +188,10 @@ class World:
 
     def activate(self, address: str) -> None:
         with self.lock:
-            self.account(address).activated = True
+            acct = self.account(address)
+            if not acct.activated:
+                acct.activated = True
+                acct.create_time_ms = self.now_ms()
 
     def delegate_energy(self, address: str, amount: int) -> None:
         with self.lock:
@@ -80,3 +213,325 @@ class World:
         with self.lock:
             key = (contract, holder)
             self.token_balances[key] = self.token_balances.get(key, 0) + amount
+
+    def credit_trx(self, address: str, sun: int) -> None:
+        """TRX arriving; like on chain, receiving TRX activates the account."""
+        with self.lock:
+            self.activate(address)
+            self.account(address).trx_sun += sun
+
+    def reclaim_energy(self, address: str) -> None:
+        """The provider takes its delegation back (an order ending early)."""
+        with self.lock:
+            acct = self.account(address)
+            acct.delegated_energy = acct.energy_used
+
+    # --- time and blocks ---
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.time_offset_ms
+
+    def advance_time(self, seconds: float) -> None:
+        with self.lock:
+            self.time_offset_ms += int(seconds * 1000)
+
+    @property
+    def head(self) -> Block:
+        with self.lock:
+            return self.blocks[-1]
+
+    @property
+    def solid_head(self) -> Block:
+        with self.lock:
+            return self.blocks[self.solid_number]
+
+    def block(self, number: int) -> Block | None:
+        with self.lock:
+            return self.blocks[number] if 0 <= number < len(self.blocks) else None
+
+    def hold_solidification(self, held: bool = True) -> None:
+        with self.lock:
+            self.solidification_held = held
+            if not held:
+                self._update_solid()
+
+    def hold_inclusion(self, held: bool = True) -> None:
+        with self.lock:
+            self.inclusion_held = held
+
+    def produce_block(self) -> Block:
+        """Mine one block: pending transactions that are still valid are executed and included."""
+        with self.lock:
+            parent = self.blocks[-1]
+            number = parent.number + 1
+            timestamp = max(self.now_ms(), parent.timestamp_ms + 1)
+            included: list[str] = []
+            if not self.inclusion_held:
+                for txid in self.pending:
+                    tx = self.transactions[txid]
+                    # java-tron re-validates against the head (parent) time when applying a block.
+                    if tx.expiration_ms <= parent.timestamp_ms:
+                        del self.transactions[txid]
+                        continue
+                    included.append(txid)
+                self.pending = []
+            txids = tuple(included)
+            block = Block(
+                number,
+                _block_id(number, parent.block_id, timestamp, txids),
+                parent.block_id,
+                timestamp,
+                txids,
+            )
+            self.blocks.append(block)
+            for txid in txids:
+                tx = self.transactions[txid]
+                tx.block_number = number
+                tx.block_timestamp_ms = timestamp
+                self._execute(tx)
+            self._update_solid()
+            return block
+
+    def produce_blocks(self, count: int) -> Block:
+        with self.lock:
+            block = self.head
+            for _ in range(count):
+                block = self.produce_block()
+            return block
+
+    def solidify_all(self) -> Block:
+        """Mine the pending transactions, then produce blocks until all of it is solidified."""
+        with self.lock:
+            if self.pending and not self.inclusion_held:
+                self.produce_block()
+            target = self.head.number
+            while self.solid_number < target and not self.solidification_held:
+                self.produce_block()
+            return self.solid_head
+
+    def _update_solid(self) -> None:
+        if not self.solidification_held:
+            self.solid_number = max(self.solid_number, self.head.number - self.solid_lag)
+
+    # --- transactions ---
+
+    def transaction(self, txid: str) -> TxRecord | None:
+        with self.lock:
+            return self.transactions.get(txid)
+
+    def calculate_txid(self, raw_data: dict[str, Any]) -> str:
+        return str(calculate_txid_from_raw_data(raw_data))
+
+    def accept_transaction(self, tx: dict[str, Any]) -> TxRecord:
+        """Validate a signed transaction like java-tron's broadcast and put it in the pending pool.
+
+        Raises NodeRejection with java-tron's code. The txid is computed from raw_data: whatever
+        `txID` the client sent is ignored, as java-tron does.
+        """
+        raw = tx.get("raw_data")
+        if not isinstance(raw, dict):
+            raise NodeRejection("OTHER_ERROR", "raw_data is missing")
+        try:
+            txid = self.calculate_txid(raw)
+            proto_raw = _raw_data_to_protobuf(raw)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise NodeRejection("OTHER_ERROR", f"cannot parse transaction: {type(exc).__name__}") from None
+        signatures = [str(s) for s in tx.get("signature") or []]
+        size = len(
+            Transaction(
+                raw_data=proto_raw, signature=[bytes.fromhex(s) for s in signatures]
+            ).SerializeToString()
+        )
+        with self.lock:
+            if txid in self.transactions:
+                raise NodeRejection("DUP_TRANSACTION_ERROR", "Dup transaction.")
+            contracts = raw.get("contract") or []
+            if len(contracts) != 1:
+                raise NodeRejection("CONTRACT_VALIDATE_ERROR", "tx contract size should be exactly 1")
+            self._check_tapos(raw)
+            head_ts = self.head.timestamp_ms
+            expiration = int(raw.get("expiration", 0))
+            if expiration <= head_ts or expiration > head_ts + MAX_EXPIRATION_AHEAD_MS:
+                raise NodeRejection(
+                    "TRANSACTION_EXPIRATION_ERROR",
+                    f"Transaction expiration, transaction expiration time is {expiration}, "
+                    f"but headBlockTime is {head_ts}",
+                )
+            contract = contracts[0]
+            ctype = str(contract.get("type"))
+            value = contract["parameter"]["value"]
+            owner = _addr(value["owner_address"])
+            if not signatures:
+                raise NodeRejection("SIGERROR", "Validate signature error: miss sig or contract")
+            try:
+                signer = (
+                    Signature.fromhex(signatures[0])
+                    .recover_public_key_from_msg_hash(bytes.fromhex(txid))
+                    .to_base58check_address()
+                )
+            except Exception:  # any malformed signature is a SIGERROR
+                signer = None
+            if signer != owner or len(signatures) != 1:
+                raise NodeRejection(
+                    "SIGERROR",
+                    f"Validate signature error: {signatures[0][:16]}… is signed by {signer} but it is not "
+                    f"contained of permission.",
+                )
+            record = self._validate_contract(
+                txid,
+                raw,
+                raw_hex=proto_raw.SerializeToString().hex(),
+                signatures=signatures,
+                owner=owner,
+                ctype=ctype,
+                value=value,
+            )
+            self._charge_bandwidth(record, size + RESULT_SIZE_IN_TX)
+            self.transactions[txid] = record
+            self.pending.append(txid)
+            return record
+
+    def _check_tapos(self, raw: dict[str, Any]) -> None:
+        try:
+            ref_num = int(str(raw["ref_block_bytes"]), 16)
+            ref_hash = str(raw["ref_block_hash"])
+        except (KeyError, ValueError):
+            raise NodeRejection("TAPOS_ERROR", "Tapos check error") from None
+        head = self.head.number
+        for number in range(head, max(-1, head - TAPOS_WINDOW), -1):
+            if number & 0xFFFF == ref_num:
+                if self.blocks[number].block_id[16:32] == ref_hash:
+                    return
+                break
+        raise NodeRejection(
+            "TAPOS_ERROR",
+            f"Tapos check error, ref_block_bytes {raw['ref_block_bytes']} ref_block_hash {ref_hash}",
+        )
+
+    def _validate_contract(
+        self,
+        txid: str,
+        raw: dict[str, Any],
+        *,
+        raw_hex: str,
+        signatures: list[str],
+        owner: str,
+        ctype: str,
+        value: dict[str, Any],
+    ) -> TxRecord:
+        acct = self.accounts.get(owner)
+        if acct is None or not acct.activated:
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"Validate {ctype} error, no OwnerAccount.")
+
+        def record(contract: str | None, to: str, amount: int, fee_limit: int) -> TxRecord:
+            return TxRecord(
+                txid=txid,
+                raw_data=raw,
+                raw_data_hex=raw_hex,
+                signature=signatures,
+                owner=owner,
+                contract_type=ctype,
+                contract=contract,
+                to=to,
+                amount=amount,
+                fee_limit=fee_limit,
+                expiration_ms=int(raw["expiration"]),
+                receipt=Receipt(result="SUCCESS"),
+            )
+
+        if ctype == "TransferContract":
+            amount = int(value.get("amount", 0))
+            if amount <= 0 or amount > acct.trx_sun:
+                raise NodeRejection(
+                    "CONTRACT_VALIDATE_ERROR", "Validate TransferContract error, balance is not sufficient."
+                )
+            return record(None, _addr(value["to_address"]), amount, 0)
+        if ctype != "TriggerSmartContract":
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"sandbox node does not execute {ctype}")
+        contract = _addr(value["contract_address"])
+        if contract != self.usdt_contract:
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", "No contract or not a smart contract")
+        fee_limit = int(raw.get("fee_limit", 0))
+        if fee_limit < 0 or fee_limit > 15_000_000_000:
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", "feeLimit must be >= 0 and <= 15000000000")
+        data = str(value.get("data", ""))
+        if not data.startswith(TRANSFER_SELECTOR) or len(data) != 8 + 128:
+            raise NodeRejection(
+                "CONTRACT_VALIDATE_ERROR", "sandbox node only executes transfer(address,uint256)"
+            )
+        to = _addr("41" + data[8 + 24 : 8 + 64])
+        amount = int(data[8 + 64 :], 16)
+        return record(contract, to, amount, fee_limit)
+
+    def _charge_bandwidth(self, tx: TxRecord, size: int) -> None:
+        acct = self.accounts[tx.owner]
+        if acct.bandwidth_available >= size:
+            acct.bandwidth_used += size
+            tx.receipt.net_usage = size
+        elif acct.activated and self.free_bandwidth - acct.free_bandwidth_used >= size:
+            acct.free_bandwidth_used += size
+            tx.receipt.net_usage = size
+        elif acct.trx_sun >= size * self.bandwidth_fee_sun:
+            acct.trx_sun -= size * self.bandwidth_fee_sun
+            tx.receipt.net_fee_sun = size * self.bandwidth_fee_sun
+        else:
+            raise NodeRejection(
+                "BANDWITH_ERROR",
+                f"Account resource insufficient error. Account {tx.owner} has insufficient bandwidth "
+                f"and balance {acct.trx_sun} to create transaction, need {size * self.bandwidth_fee_sun}",
+            )
+
+    def _execute(self, tx: TxRecord) -> None:
+        owner = self.account(tx.owner)
+        receipt = tx.receipt
+        if tx.contract is None:  # TRX transfer
+            owner.trx_sun -= tx.amount
+            self.credit_trx(str(tx.to), tx.amount)
+            return
+        assert tx.to is not None
+        balance = self.token_balance(tx.contract, tx.owner)
+        needed = USDT_ENERGY_OLD_HOLDER if self.holds_token(tx.contract, tx.to) else USDT_ENERGY_NEW_HOLDER
+        reverts = tx.amount > balance
+        if reverts:
+            needed = USDT_ENERGY_REVERT
+        # java-tron: the energy a call may use is capped by fee_limit / energy fee (delegated energy
+        # included) and by what the owner can pay (delegated energy + TRX balance / energy fee).
+        limit = min(
+            tx.fee_limit // self.energy_fee_sun, owner.energy_available + owner.trx_sun // self.energy_fee_sun
+        )
+        used = min(needed, limit)
+        from_delegation = min(owner.energy_available, used)
+        burnt = (used - from_delegation) * self.energy_fee_sun
+        owner.energy_used += from_delegation
+        owner.trx_sun -= burnt
+        receipt.energy_usage = from_delegation
+        receipt.energy_fee_sun = burnt
+        tx.energy_used_total = used
+        if needed > limit:
+            receipt.result = "OUT_OF_ENERGY"
+            receipt.res_message = (
+                f"Not enough energy for 'PUSH1' operation executing: curInvokeEnergyLimit[{limit}], "
+                f"curOpEnergy[{needed - limit}], usedEnergy[{limit}]"
+            )
+            return
+        if reverts:
+            receipt.result = "REVERT"
+            receipt.res_message = "REVERT opcode executed"
+            return
+        self.token_balances[(tx.contract, tx.owner)] = balance - tx.amount
+        self.credit_token(tx.contract, tx.to, tx.amount)
+        receipt.logs.append(
+            (
+                tx.contract,
+                [
+                    TRANSFER_EVENT_TOPIC,
+                    "00" * 12 + _hex20(tx.owner),
+                    "00" * 12 + _hex20(tx.to),
+                ],
+                f"{tx.amount:064x}",
+            )
+        )
+
+
+def _hex20(address: str) -> str:
+    return address_to_hex(address)[2:]

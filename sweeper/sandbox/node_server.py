@@ -1,0 +1,730 @@
+"""The sandbox TRON node: java-tron's HTTP API (the part tronpy and the sweeper use) over a `World`.
+
+Start it in-process for tests::
+
+    node = SandboxNode(world, solid_lag=2)
+    with serve_in_thread(node.app) as server:       # server.url -> "http://127.0.0.1:PORT"
+        node.start_block_production(3.0)              # optional: a block every 3 s
+        ...
+    node.stop_block_production()
+
+or standalone (the demo, e2e tests with a daemon subprocess)::
+
+    python -m sweeper.sandbox.node_server --port 8090 --block-interval 3 --solid-lag 19
+
+Requests may carry any path prefix (`http://host/trongrid/wallet/getaccount` works), so a test can
+exercise URL-dependent client behaviour without DNS.
+
+Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "switches", ...}`):
+- `latency_s`: added to every answer;
+- `max_rps`: above this many requests in the last second, answer 429;
+- `error_rate` (0..1, seeded) and `fail_next` (the next N requests): answer `fail_status` (503);
+- `forge_txid`: getsignweight returns the txid of a different transaction (same owner, amount,
+  contract; an attacker's destination) — a client that signs the node's txid is robbed;
+- `drop_broadcasts`: answer "accepted" but forget the transaction (it is never mined);
+and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
+`world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`.
+Blocks are produced on demand (`world.produce_block(s)`, the `produce_blocks` control op) or by the
+ticker; tests should produce them on demand and wait on observable state, never on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import base58
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from tronpy.keys import to_base58check_address
+
+from sweeper.domain import address_to_hex
+from sweeper.sandbox.serve import RunningServer, serve_in_thread
+from sweeper.sandbox.world import (
+    TRANSFER_SELECTOR,
+    USDT_ENERGY_NEW_HOLDER,
+    USDT_ENERGY_OLD_HOLDER,
+    Block,
+    NodeRejection,
+    TxRecord,
+    World,
+)
+
+# The attacker a forged txid would pay (a fixed, valid address nobody in the tests owns).
+FORGED_DESTINATION = "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL"
+
+# A representative subset of USDT's ABI, rendered the way java-tron's getcontract does.
+USDT_ABI: list[dict[str, Any]] = [
+    {
+        "constant": True,
+        "inputs": [{"name": "who", "type": "address"}],
+        "name": "balanceOf",
+        "outputs": [{"name": "", "type": "uint256"}],
+        "stateMutability": "View",
+        "type": "Function",
+    },
+    {
+        "inputs": [{"name": "_to", "type": "address"}, {"name": "_value", "type": "uint256"}],
+        "name": "transfer",
+        "outputs": [{"name": "", "type": "bool"}],
+        "stateMutability": "Nonpayable",
+        "type": "Function",
+    },
+    {
+        "constant": True,
+        "name": "decimals",
+        "outputs": [{"name": "", "type": "uint8"}],
+        "stateMutability": "View",
+        "type": "Function",
+    },
+    {
+        "anonymous": False,
+        "inputs": [
+            {"indexed": True, "name": "from", "type": "address"},
+            {"indexed": True, "name": "to", "type": "address"},
+            {"name": "value", "type": "uint256"},
+        ],
+        "name": "Transfer",
+        "type": "Event",
+    },
+]
+
+
+@dataclass
+class NodeSwitches:
+    latency_s: float = 0.0
+    max_rps: float | None = None
+    error_rate: float = 0.0
+    fail_next: int = 0
+    fail_status: int = 503
+    forge_txid: bool = False
+    drop_broadcasts: bool = False
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    path: str  # e.g. "wallet/getaccount" (prefix stripped)
+    headers: dict[str, str]  # lower-cased names; every header the client sent
+    status: int = 200
+
+
+@dataclass
+class _Counters:
+    by_path: collections.Counter[str] = field(default_factory=collections.Counter)
+    rejected_429: int = 0
+    failed_5xx: int = 0
+
+
+def _is_visible(body: dict[str, Any]) -> bool:
+    value = body.get("visible", False)
+    return value is True or str(value).lower() == "true"
+
+
+def _hex_msg(text: str) -> str:
+    return text.encode().hex()
+
+
+def _render_address(address: str, visible: bool) -> str:
+    return address if visible else address_to_hex(address)
+
+
+def _render_log_address(address: str, visible: bool) -> str:
+    """java-tron's quirk: a log address is the bare 20 bytes (hex), or base58check of those 20 bytes."""
+    raw20 = bytes.fromhex(address_to_hex(address)[2:])
+    return base58.b58encode_check(raw20).decode() if visible else raw20.hex()
+
+
+def _b58(value: Any) -> str:
+    return str(to_base58check_address(str(value)))
+
+
+class SandboxNode:
+    """The fake java-tron full node + solidity node over one `World`."""
+
+    def __init__(
+        self,
+        world: World | None = None,
+        *,
+        switches: NodeSwitches | None = None,
+        solid_lag: int | None = None,
+        seed: int = 0,
+        request_log_size: int = 10_000,
+    ) -> None:
+        self.world = world if world is not None else World()
+        if solid_lag is not None:
+            self.world.solid_lag = solid_lag
+        self.switches = switches if switches is not None else NodeSwitches()
+        self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=request_log_size)
+        self.counters = _Counters()
+        self._rng = random.Random(seed)
+        self._window: collections.deque[float] = collections.deque()
+        self._state_lock = threading.Lock()
+        self._broadcast_gate = threading.Event()
+        self._broadcast_gate.set()
+        self._held = 0
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self.app = Starlette(
+            routes=[
+                Route("/_sandbox/control", self._control, methods=["POST"]),
+                Route("/_sandbox/state", self._state, methods=["GET"]),
+                Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
+            ]
+        )
+
+    # --- switches that need more than an attribute ---
+
+    def hold_broadcasts(self) -> None:
+        """broadcasttransaction requests stay open (unanswered, unprocessed) until released."""
+        self._broadcast_gate.clear()
+
+    def release_broadcasts(self) -> None:
+        self._broadcast_gate.set()
+
+    @property
+    def held_broadcasts(self) -> int:
+        """How many broadcast requests are being held right now (observable state for tests)."""
+        with self._state_lock:
+            return self._held
+
+    def requests_to(self, path: str) -> list[RequestRecord]:
+        return [r for r in list(self.requests) if r.path == path]
+
+    # --- block production ---
+
+    def start_block_production(self, interval_s: float) -> None:
+        """A background ticker producing one block every `interval_s` (the demo; mainnet is 3 s)."""
+        self.stop_block_production()
+        self._ticker_stop.clear()
+
+        def run() -> None:
+            while not self._ticker_stop.wait(interval_s):
+                self.world.produce_block()
+
+        self._ticker = threading.Thread(target=run, name="sandbox-node-blocks", daemon=True)
+        self._ticker.start()
+
+    def stop_block_production(self) -> None:
+        if self._ticker is not None:
+            self._ticker_stop.set()
+            self._ticker.join(5)
+            self._ticker = None
+
+    # --- HTTP ---
+
+    async def _dispatch(self, request: Request) -> Response:
+        full = request.path_params["path"].strip("/")
+        parts = full.split("/")
+        path = "/".join(parts[-2:])
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status = self._admission()
+        self.requests.append(RequestRecord(path, headers, status))
+        self.counters.by_path[path] += 1
+        if status != 200:
+            return JSONResponse({"Error": "sandbox: switched failure"}, status_code=status)
+        if self.switches.latency_s > 0:
+            await asyncio.sleep(self.switches.latency_s)
+        body = await self._body(request)
+        if body is None:
+            return JSONResponse({"Error": "class org.json.JSONException : invalid JSON"}, status_code=200)
+        handler = self._handlers().get(path)
+        if handler is None:
+            return JSONResponse({"Error": f"sandbox: no such API {path}"}, status_code=404)
+        if path == "wallet/broadcasttransaction":
+            await self._wait_broadcast_gate()
+        try:
+            result = handler(body, path.startswith("walletsolidity/"))
+        except NodeRejection as exc:
+            result = {"code": exc.code, "message": _hex_msg(exc.message)}
+        except (KeyError, ValueError, TypeError) as exc:
+            result = {"Error": f"class java.lang.IllegalArgumentException : {type(exc).__name__}"}
+        return JSONResponse(result)
+
+    def _admission(self) -> int:
+        sw = self.switches
+        with self._state_lock:
+            if sw.max_rps is not None:
+                now = time.monotonic()
+                while self._window and self._window[0] <= now - 1.0:
+                    self._window.popleft()
+                if len(self._window) >= sw.max_rps:
+                    self.counters.rejected_429 += 1
+                    return 429
+                self._window.append(now)
+            if sw.fail_next > 0:
+                sw.fail_next -= 1
+                self.counters.failed_5xx += 1
+                return sw.fail_status
+            if sw.error_rate > 0 and self._rng.random() < sw.error_rate:
+                self.counters.failed_5xx += 1
+                return sw.fail_status
+        return 200
+
+    @staticmethod
+    async def _body(request: Request) -> dict[str, Any] | None:
+        raw = await request.body()
+        if not raw.strip():
+            return dict(request.query_params)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def _wait_broadcast_gate(self) -> None:
+        if self._broadcast_gate.is_set():
+            return
+        with self._state_lock:
+            self._held += 1
+        try:
+            while not self._broadcast_gate.is_set():
+                await asyncio.sleep(0.005)
+        finally:
+            with self._state_lock:
+                self._held -= 1
+
+    def _handlers(self) -> dict[str, Any]:
+        h: dict[str, Any] = {
+            "wallet/getnodeinfo": self._getnodeinfo,
+            "wallet/getchainparameters": self._getchainparameters,
+            "wallet/getcontract": self._getcontract,
+            "wallet/getsignweight": self._getsignweight,
+            "wallet/broadcasttransaction": self._broadcast,
+            "wallet/getaccountresource": self._getaccountresource,
+            "wallet/getaccountnet": self._getaccountnet,
+            "wallet/estimateenergy": self._estimateenergy,
+        }
+        for prefix in ("wallet", "walletsolidity"):
+            h[f"{prefix}/getnowblock"] = self._getnowblock
+            h[f"{prefix}/getblockbynum"] = self._getblockbynum
+            h[f"{prefix}/getaccount"] = self._getaccount
+            h[f"{prefix}/triggerconstantcontract"] = self._triggerconstant
+            h[f"{prefix}/gettransactioninfobyid"] = self._gettransactioninfobyid
+            h[f"{prefix}/gettransactionbyid"] = self._gettransactionbyid
+            h[f"{prefix}/gettransactioninfobyblocknum"] = self._gettransactioninfobyblocknum
+        return h
+
+    # --- blocks ---
+
+    def _head(self, solid: bool) -> Block:
+        return self.world.solid_head if solid else self.world.head
+
+    def _render_block(self, block: Block, visible: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "blockID": block.block_id,
+            "block_header": {
+                "raw_data": {
+                    "number": block.number,
+                    "txTrieRoot": "00" * 32,
+                    "witness_address": _render_address("TLyqzVGLV1srkB7dToTAEqgDSfPtXRJZYH", visible),
+                    "parentHash": block.parent_id,
+                    "version": 31,
+                    "timestamp": block.timestamp_ms,
+                },
+                "witness_signature": "00" * 65,
+            },
+        }
+        txs = [self.world.transactions[t] for t in block.txids if t in self.world.transactions]
+        if txs:
+            out["transactions"] = [self._render_tx(tx, visible) for tx in txs]
+        return out
+
+    def _render_tx(self, tx: TxRecord, visible: bool) -> dict[str, Any]:
+        out = tx.as_json()
+        out["visible"] = visible
+        raw = json.loads(json.dumps(out["raw_data"]))
+        value = raw["contract"][0]["parameter"]["value"]
+        for key in ("owner_address", "contract_address", "to_address"):
+            if key in value:
+                value[key] = _b58(value[key]) if visible else address_to_hex(_b58(value[key]))
+        out["raw_data"] = raw
+        return out
+
+    def _getnowblock(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        with self.world.lock:
+            return self._render_block(self._head(solid), _is_visible(body))
+
+    def _getblockbynum(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        num = int(body.get("num", 0))
+        with self.world.lock:
+            if num > self._head(solid).number:
+                return {}
+            block = self.world.block(num)
+            return self._render_block(block, _is_visible(body)) if block else {}
+
+    def _getnodeinfo(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        with self.world.lock:
+            head, sol = self.world.head, self.world.solid_head
+            return {
+                "activeConnectCount": 1,
+                "beginSyncNum": head.number,
+                "block": f"Num:{head.number},ID:{head.block_id}",
+                "solidityBlock": f"Num:{sol.number},ID:{sol.block_id}",
+                "configNodeInfo": {"codeVersion": "4.7.6-sandbox"},
+            }
+
+    def _getchainparameters(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        w = self.world
+        return {
+            "chainParameter": [
+                {"key": "getMaintenanceTimeInterval", "value": 21_600_000},
+                {"key": "getCreateAccountFee", "value": 100_000},
+                {"key": "getTransactionFee", "value": w.bandwidth_fee_sun},
+                {"key": "getFreeNetLimit", "value": w.free_bandwidth},
+                {"key": "getEnergyFee", "value": w.energy_fee_sun},
+                {"key": "getAllowTvmTransferTrc10", "value": 1},
+            ]
+        }
+
+    # --- accounts ---
+
+    def _account_of(self, body: dict[str, Any]) -> tuple[str, Any]:
+        address = _b58(body["address"])
+        with self.world.lock:
+            acct = self.world.accounts.get(address)
+            return address, acct if acct is not None and acct.activated else None
+
+    def _getaccount(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        address, acct = self._account_of(body)
+        if acct is None:
+            return {}
+        out: dict[str, Any] = {
+            "address": _render_address(address, _is_visible(body)),
+            "create_time": acct.create_time_ms,
+            "account_resource": {},
+        }
+        if acct.trx_sun:
+            out["balance"] = acct.trx_sun
+        if acct.free_bandwidth_used:
+            out["free_net_usage"] = acct.free_bandwidth_used
+        return out
+
+    def _getaccountresource(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        _, acct = self._account_of(body)
+        if acct is None:
+            return {}
+        out = {
+            "freeNetUsed": acct.free_bandwidth_used,
+            "freeNetLimit": self.world.free_bandwidth,
+            "NetUsed": acct.bandwidth_used,
+            "NetLimit": acct.delegated_bandwidth,
+            "EnergyUsed": acct.energy_used,
+            "EnergyLimit": acct.delegated_energy,
+            "TotalNetLimit": 43_200_000_000,
+            "TotalNetWeight": 26_000_000_000,
+            "TotalEnergyLimit": 180_000_000_000,
+            "TotalEnergyWeight": 19_000_000_000,
+        }
+        return {k: v for k, v in out.items() if v}  # java-tron omits zero fields
+
+    def _getaccountnet(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        _, acct = self._account_of(body)
+        if acct is None:
+            return {}
+        out = {
+            "freeNetUsed": acct.free_bandwidth_used,
+            "freeNetLimit": self.world.free_bandwidth,
+            "NetUsed": acct.bandwidth_used,
+            "NetLimit": acct.delegated_bandwidth,
+            "TotalNetLimit": 43_200_000_000,
+            "TotalNetWeight": 26_000_000_000,
+        }
+        return {k: v for k, v in out.items() if v}
+
+    # --- contracts ---
+
+    def _getcontract(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        address = _b58(body["value"])
+        if address != self.world.usdt_contract:
+            return {}
+        visible = _is_visible(body)
+        return {
+            "bytecode": "6080604052",
+            "consume_user_resource_percent": 100,
+            "name": "TetherToken",
+            "origin_address": _render_address("THPvaUhoh2Qn2y9THCZML3H815hhFhn5YC", visible),
+            "abi": {"entrys": USDT_ABI},
+            "origin_energy_limit": 10_000_000,
+            "contract_address": _render_address(address, visible),
+            "code_hash": "00" * 32,
+        }
+
+    def _call_data(self, body: dict[str, Any]) -> tuple[str, str]:
+        contract = _b58(body["contract_address"])
+        if contract != self.world.usdt_contract:
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", "No contract or not a smart contract")
+        if "data" in body:
+            data = str(body["data"])
+            return data[:8], data[8:]
+        selector = str(body.get("function_selector", "")).replace(" ", "")
+        names = {
+            "balanceOf(address)": "70a08231",
+            "transfer(address,uint256)": TRANSFER_SELECTOR,
+            "decimals()": "313ce567",
+        }
+        if selector not in names:
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"sandbox node does not implement {selector}")
+        return names[selector], str(body.get("parameter", ""))
+
+    def _triggerconstant(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        selector, params = self._call_data(body)
+        world = self.world
+        if selector == "70a08231":
+            holder = _b58("41" + params[24:64])
+            return {
+                "result": {"result": True},
+                "energy_used": 935,
+                "constant_result": [f"{world.token_balance(world.usdt_contract, holder):064x}"],
+            }
+        if selector == "313ce567":
+            return {"result": {"result": True}, "energy_used": 251, "constant_result": [f"{6:064x}"]}
+        if selector == TRANSFER_SELECTOR:
+            return {
+                "result": {"result": True},
+                "energy_used": self._transfer_energy(params),
+                "constant_result": [f"{1:064x}"],
+            }
+        raise NodeRejection("CONTRACT_VALIDATE_ERROR", "sandbox node does not implement this selector")
+
+    def _transfer_energy(self, params: str) -> int:
+        to = _b58("41" + params[24:64])
+        holds = self.world.holds_token(self.world.usdt_contract, to)
+        return USDT_ENERGY_OLD_HOLDER if holds else USDT_ENERGY_NEW_HOLDER
+
+    def _estimateenergy(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        selector, params = self._call_data(body)
+        if selector != TRANSFER_SELECTOR:
+            return {"result": {"result": True}, "energy_required": 1_000}
+        return {"result": {"result": True}, "energy_required": self._transfer_energy(params)}
+
+    # --- transactions ---
+
+    def _getsignweight(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        raw = body["raw_data"]
+        world = self.world
+        txid = world.calculate_txid(raw)
+        if self.switches.forge_txid:
+            forged = json.loads(json.dumps(raw))
+            value = forged["contract"][0]["parameter"]["value"]
+            if "data" in value:
+                data = str(value["data"])
+                value["data"] = data[:8] + "00" * 12 + address_to_hex(FORGED_DESTINATION)[2:] + data[8 + 64 :]
+            elif "to_address" in value:
+                value["to_address"] = address_to_hex(FORGED_DESTINATION)
+            txid = world.calculate_txid(forged)
+        owner = _b58(raw["contract"][0]["parameter"]["value"]["owner_address"])
+        out: dict[str, Any] = {
+            "result": {"code": "NOT_ENOUGH_PERMISSION"},
+            "transaction": {
+                "result": {"result": True},
+                "txid": txid,
+                "transaction": {"visible": False, "txID": txid, "raw_data": raw},
+            },
+        }
+        with world.lock:
+            acct = world.accounts.get(owner)
+            exists = acct is not None and acct.activated
+        if exists:
+            out["permission"] = {
+                "permission_name": "owner",
+                "threshold": 1,
+                "keys": [{"address": address_to_hex(owner), "weight": 1}],
+            }
+        else:
+            out["result"] = {"code": "PERMISSION_ERROR", "message": "Account does not exist!"}
+        return out
+
+    def _broadcast(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        record = self.world.accept_transaction(body)
+        if self.switches.drop_broadcasts:
+            with self.world.lock:
+                self.world.transactions.pop(record.txid, None)
+                if record.txid in self.world.pending:
+                    self.world.pending.remove(record.txid)
+        return {"result": True, "txid": record.txid}
+
+    def _tx_visible_to(self, txid: str, solid: bool) -> TxRecord | None:
+        with self.world.lock:
+            tx = self.world.transactions.get(str(txid))
+            if tx is None or tx.block_number is None:
+                return None
+            if solid and tx.block_number > self.world.solid_number:
+                return None
+            return tx
+
+    def _render_info(self, tx: TxRecord, visible: bool) -> dict[str, Any]:
+        r = tx.receipt
+        receipt: dict[str, Any] = {
+            "energy_usage": r.energy_usage,
+            "energy_fee": r.energy_fee_sun,
+            "energy_usage_total": tx.energy_used_total,
+            "net_usage": r.net_usage,
+            "net_fee": r.net_fee_sun,
+        }
+        receipt = {k: v for k, v in receipt.items() if v}
+        receipt["result"] = r.result
+        out: dict[str, Any] = {"id": tx.txid}
+        if r.fee_sun:
+            out["fee"] = r.fee_sun
+        out["blockNumber"] = tx.block_number
+        out["blockTimeStamp"] = tx.block_timestamp_ms
+        if tx.contract is not None:
+            out["contractResult"] = [f"{1:064x}" if r.result == "SUCCESS" else ""]
+            out["contract_address"] = _render_address(tx.contract, visible)
+        out["receipt"] = receipt
+        if r.logs:
+            out["log"] = [
+                {"address": _render_log_address(addr, visible), "topics": list(topics), "data": data}
+                for addr, topics, data in r.logs
+            ]
+        if r.result not in ("SUCCESS",):
+            out["result"] = "FAILED"
+            out["resMessage"] = _hex_msg(r.res_message)
+        return out
+
+    def _gettransactioninfobyid(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        tx = self._tx_visible_to(str(body.get("value", "")), solid)
+        return self._render_info(tx, _is_visible(body)) if tx else {}
+
+    def _gettransactionbyid(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        txid = str(body.get("value", ""))
+        # The full node also knows pending transactions; the solidity node only solidified ones.
+        tx = self._tx_visible_to(txid, True) if solid else self.world.transaction(txid)
+        return self._render_tx(tx, _is_visible(body)) if tx else {}
+
+    def _gettransactioninfobyblocknum(self, body: dict[str, Any], solid: bool) -> Any:
+        num = int(body.get("num", 0))
+        visible = _is_visible(body)
+        with self.world.lock:
+            if num > self._head(solid).number:
+                return []
+            block = self.world.block(num)
+            if block is None:
+                return []
+            return [self._render_info(self.world.transactions[t], visible) for t in block.txids]
+
+    # --- control ---
+
+    async def _state(self, request: Request) -> Response:
+        with self.world.lock:
+            return JSONResponse(
+                {
+                    "head": self.world.head.number,
+                    "solid": self.world.solid_number,
+                    "pending": len(self.world.pending),
+                    "held_broadcasts": self.held_broadcasts,
+                    "now_ms": self.world.now_ms(),
+                }
+            )
+
+    async def _control(self, request: Request) -> Response:
+        body = await self._body(request) or {}
+        op = body.get("op")
+        w = self.world
+        if op == "produce_blocks":
+            w.produce_blocks(int(body.get("count", 1)))
+        elif op == "solidify":
+            w.solidify_all()
+        elif op == "advance_time":
+            w.advance_time(float(body["seconds"]))
+        elif op == "activate":
+            w.activate(str(body["address"]))
+        elif op == "credit_trx":
+            w.credit_trx(str(body["address"]), int(body["sun"]))
+        elif op == "credit_token":
+            w.credit_token(
+                str(body.get("contract", w.usdt_contract)), str(body["address"]), int(body["amount"])
+            )
+        elif op == "delegate_energy":
+            w.delegate_energy(str(body["address"]), int(body["amount"]))
+        elif op == "add_bandwidth":
+            w.add_bandwidth(str(body["address"]), int(body["amount"]))
+        elif op == "hold_broadcasts":
+            self.hold_broadcasts() if body.get("held", True) else self.release_broadcasts()
+        elif op == "hold_solidification":
+            w.hold_solidification(bool(body.get("held", True)))
+        elif op == "hold_inclusion":
+            w.hold_inclusion(bool(body.get("held", True)))
+        elif op == "switches":
+            names = {f.name for f in fields(NodeSwitches)}
+            for key, value in body.items():
+                if key in names:
+                    setattr(self.switches, key, value)
+        else:
+            return JSONResponse({"error": f"unknown op {op!r}"}, status_code=400)
+        return await self._state(request)
+
+
+@dataclass
+class RunningNode:
+    """A sandbox node served on 127.0.0.1 in a background thread."""
+
+    node: SandboxNode
+    server: RunningServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def world(self) -> World:
+        return self.node.world
+
+    def stop(self) -> None:
+        self.node.stop_block_production()
+        self.node.release_broadcasts()
+        self.server.stop()
+
+    def __enter__(self) -> RunningNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_sandbox_node(
+    world: World | None = None,
+    *,
+    solid_lag: int | None = None,
+    block_interval: float | None = None,
+    switches: NodeSwitches | None = None,
+) -> RunningNode:
+    """Serve a `SandboxNode` on 127.0.0.1 (free port); blocks on demand unless `block_interval`."""
+    node = SandboxNode(world, solid_lag=solid_lag, switches=switches)
+    server = serve_in_thread(node.app)
+    if block_interval:
+        node.start_block_production(block_interval)
+    return RunningNode(node, server)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a standalone sandbox node on 127.0.0.1 (the demo, or a daemon under test)."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="sandbox TRON node")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--block-interval", type=float, default=3.0, help="seconds; 0 = blocks on demand only"
+    )
+    parser.add_argument("--solid-lag", type=int, default=19)
+    args = parser.parse_args(argv)
+    node = SandboxNode(World(), solid_lag=args.solid_lag)
+    if args.block_interval > 0:
+        node.start_block_production(args.block_interval)
+    try:
+        uvicorn.run(node.app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    finally:
+        node.stop_block_production()
+
+
+if __name__ == "__main__":
+    main()

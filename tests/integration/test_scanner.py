@@ -1,0 +1,239 @@
+"""Detection by polling against the sandbox node over real HTTP, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sweeper.chain import TronChain
+from sweeper.config import Settings, load_settings
+from sweeper.domain import Secret, SweepState
+from sweeper.keys import HdWallet
+from sweeper.ledger import Ledger
+from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
+from sweeper.sandbox.world import World
+from sweeper.scanner import KeysDoNotMatchLedger, Scanner, configured_addresses, sync_addresses
+from tests.conftest import REPO
+
+MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
+WALLET = HdWallet(Secret(MNEMONIC))
+N = 60
+ADDRESSES = [WALLET.address(i) for i in range(N)]
+MIN = 10_000_000  # 10 USDT
+
+
+def balance_for(i: int) -> int:
+    # A spread around the threshold: zero, dust, just below, exactly at, above.
+    return [0, 1, MIN - 1, MIN, MIN + 1, 2_500_000_000][i % 6]
+
+
+EXPECTED = {a for i, a in enumerate(ADDRESSES) if balance_for(i) >= MIN}
+
+
+@pytest.fixture
+def node() -> Iterator[RunningNode]:
+    world = World()
+    for i, address in enumerate(ADDRESSES):
+        if balance_for(i):
+            world.credit_token(world.usdt_contract, address, balance_for(i))
+    with start_sandbox_node(world) as running:
+        yield running
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    text = (
+        (REPO / "config.example.toml")
+        .read_text()
+        .replace('hd_indexes = "0-999"', f'hd_indexes = "0-{N - 1}"')
+    )
+    path = tmp_path / "sweeper.toml"
+    path.write_text(text)
+    env = {
+        "TRONGRID_API_KEY": "k" * 10,
+        "SWEEPER_PROVIDER_API_KEY": "k" * 10,
+        "SWEEPER_PROVIDER_API_SECRET": "s" * 10,
+        "SWEEPER_MNEMONIC": MNEMONIC,
+    }
+    return load_settings(path, environ=env)
+
+
+def scanner(ledger: Ledger, chain: TronChain, settings: Settings, **kw: int) -> Scanner:
+    return Scanner(ledger, chain, settings.tokens, **kw)
+
+
+def test_sync_addresses_derives_once_and_detects_a_changed_mnemonic(
+    ledger: Ledger, settings: Settings
+) -> None:
+    assert sync_addresses(settings, ledger) == N
+    assert sync_addresses(settings, ledger) == 0
+    assert list(configured_addresses(settings, ledger)) == []  # nothing left to derive
+    assert [a.address for a in ledger.list_addresses()] == ADDRESSES
+    other = Settings(**{**settings.__dict__, "keys": settings.keys.__class__(
+        **{**settings.keys.__dict__, "mnemonic": Secret("legal winner thank year wave sausage worth useful legal winner thank yellow")}
+    )})  # fmt: skip
+    with pytest.raises(KeysDoNotMatchLedger, match="not the one this ledger was built with"):
+        list(configured_addresses(other, ledger))
+
+
+def test_pass_queues_every_candidate_once_and_none_below(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    sync_addresses(settings, ledger)
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            report = await scanner(ledger, chain, settings, page_size=7, concurrency=16).run_pass()
+            assert report.completed and report.addresses == N and report.balance_reads == N
+            assert report.queued == len(EXPECTED) == report.candidate_count
+            # A second pass reads only the addresses without an open sweep and queues nothing.
+            again = await scanner(ledger, chain, settings, page_size=7).run_pass()
+            assert again.queued == 0 and again.skipped_open == len(EXPECTED)
+            assert again.balance_reads == N - len(EXPECTED)
+
+    asyncio.run(go())
+    rows = ledger.list_sweeps()
+    assert {r.address for r in rows} == EXPECTED and len(rows) == len(EXPECTED)
+    index = {a: i for i, a in enumerate(ADDRESSES)}
+    for row in rows:
+        assert row.state is SweepState.QUEUED and row.token == "USDT"
+        assert row.observed_amount == row.amount == balance_for(index[row.address])
+    progress = ledger.scan_pass("poll")
+    assert progress is not None and progress.completed_at is not None
+
+
+def test_two_racing_scans_queue_each_candidate_once(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    sync_addresses(settings, ledger)
+
+    async def go() -> tuple[int, int]:
+        async with (
+            TronChain(node.url, requests_per_second=1000, burst=50) as one,
+            TronChain(node.url, requests_per_second=1000, burst=50) as two,
+        ):
+            a, b = await asyncio.gather(
+                scanner(ledger, one, settings, page_size=5, concurrency=8).run_pass(),
+                Scanner(ledger, two, settings.tokens, page_size=5, concurrency=8, name="poll-2").run_pass(),
+            )
+            return a.queued, b.queued
+
+    queued_a, queued_b = asyncio.run(go())
+    rows = ledger.list_sweeps()
+    assert len(rows) == len(EXPECTED) == queued_a + queued_b
+    assert {r.address for r in rows} == EXPECTED
+
+
+def test_a_crashed_pass_resumes_after_the_last_recorded_page(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    sync_addresses(settings, ledger)
+
+    class Crash(Exception):
+        pass
+
+    pages_done: list[int] = []
+
+    async def crash_after_two_pages(last_id: int) -> None:
+        pages_done.append(last_id)
+        if len(pages_done) == 2:
+            raise Crash
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            with pytest.raises(Crash):
+                await scanner(ledger, chain, settings, page_size=10).run_pass(on_page=crash_after_two_pages)
+            reads_before = node.node.requests_to("wallet/triggerconstantcontract")
+            resumed = await scanner(ledger, chain, settings, page_size=10).run_pass()
+            assert resumed.resumed_after_id == pages_done[-1]
+            assert resumed.addresses == N - 20  # the two recorded pages are not read again
+            assert len(node.node.requests_to("wallet/triggerconstantcontract")) - len(reads_before) == (
+                resumed.balance_reads
+            )
+
+    asyncio.run(go())
+    assert {r.address for r in ledger.list_sweeps()} == EXPECTED
+    progress = ledger.scan_pass("poll")
+    assert progress is not None and progress.completed_at is not None and progress.addresses_scanned == N
+
+
+def test_dry_run_queues_nothing_and_records_no_progress(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    sync_addresses(settings, ledger)
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            report = await scanner(ledger, chain, settings).run_pass(dry_run=True)
+            assert {c.address for c in report.candidates} == EXPECTED
+            assert all(c.sweep_id is None for c in report.candidates)
+
+    asyncio.run(go())
+    assert ledger.list_sweeps() == []
+    assert ledger.scan_pass("poll") is None
+
+
+def test_the_rate_limit_holds_under_concurrency(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    """64 concurrent readers, 25 req/s: no one-second window of sent requests exceeds the limit."""
+    sync_addresses(settings, ledger)
+    sent: list[float] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(time.monotonic())
+
+    async def go() -> None:
+        client = httpx.AsyncClient(event_hooks={"request": [record]}, timeout=10)
+        chain = TronChain(node.url, requests_per_second=25, client=client)
+        try:
+            await scanner(ledger, chain, settings, page_size=N, concurrency=64).run_pass()
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    assert len(sent) >= N
+    worst = max(sum(1 for t in sent if start <= t < start + 1.0) for start in sent)
+    assert worst <= 25 + 1, f"{worst} requests in one second"
+    span = sent[-1] - sent[0]
+    assert len(sent) / span <= 25 * 1.05
+
+
+def test_amount_at_threshold_boundary_uses_exact_decimals(settings: Settings) -> None:
+    token = settings.tokens[0]
+    assert token.min_sweep == Decimal("10") and token.min_sweep_base_units == MIN
+
+
+def test_unreadable_page_stops_the_pass_without_skipping_it(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    from sweeper.scanner import ScanError
+
+    sync_addresses(settings, ledger)
+
+    class Flaky:
+        def __init__(self, inner: TronChain) -> None:
+            self.inner = inner
+            self.calls = 0
+
+        async def token_balance(self, holder: str, token: str) -> int:
+            self.calls += 1
+            if holder == ADDRESSES[25]:
+                raise RuntimeError("node keeps failing for this one")
+            return await self.inner.token_balance(holder, token)
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            with pytest.raises(ScanError, match="1 balance reads failed"):
+                await Scanner(ledger, Flaky(chain), settings.tokens, page_size=10).run_pass()
+
+    asyncio.run(go())
+    progress = ledger.scan_pass("poll")
+    assert progress is not None and progress.completed_at is None
+    assert progress.last_address_id == ledger.list_addresses()[19].id  # page 3 (ids 21-30) not recorded
