@@ -94,8 +94,10 @@ def tokens() -> tuple:  # type: ignore[type-arg]
 async def our_pass(db_url: str, node_url: str, rps: float, concurrency: int) -> dict[str, float]:
     from sweeper.chain import TronChain
     from sweeper.ledger import Ledger, make_engine
+    from sweeper.logs import configure_logging
     from sweeper.scanner import Scanner
 
+    configure_logging(level="WARNING")  # one info line per queued sweep would dominate the figures
     engine = make_engine(db_url)
     ledger = Ledger(engine)
     burst = 1 if rps < 1000 else 1000
@@ -136,7 +138,7 @@ def rss_child(n: int, node_url: str, folder: Path) -> float:
     code = (
         "import asyncio, json, resource, sys; sys.path.insert(0, sys.argv[3]);"
         "import scan_bench as b;"
-        "r = asyncio.run(b.our_pass(sys.argv[1], sys.argv[2], 1e9, 64));"
+        "r = asyncio.run(b.our_pass(sys.argv[1], sys.argv[2], 1e9, 16));"
         "r['rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
     )
     out = subprocess.run(
@@ -166,7 +168,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             db_small = seeded_ledger(folder, n_small)
-            ours = asyncio.run(our_pass(db_small, url, 1e9, 64))
+            ours = asyncio.run(our_pass(db_small, url, 1e9, 16))
             naive = naive_loop(url, addresses(n_small)[: args.sample])
             print("\n1. throughput, no rate limit")
             print(f"{'':<8} {'addresses':>10} {'addr/s':>10} {'seconds':>9}")
@@ -177,7 +179,7 @@ def main() -> None:
             print(f"ratio ours/naive: {ours['addresses_per_s'] / naive:.1f}x (target >= 20x)")
 
             db_rl = seeded_ledger(Path(tempfile.mkdtemp(dir=tmp)), 1_000)
-            limited = asyncio.run(our_pass(db_rl, url, 50, 64))
+            limited = asyncio.run(our_pass(db_rl, url, 50, 16))
             print("\n2. with requests_per_second = 50 (1,000 addresses)")
             print(
                 f"achieved {limited['requests_per_s']:.1f} req/s = {limited['requests_per_s'] / 50:.0%} of the limit "

@@ -724,17 +724,35 @@ class TronChain:
         return contract
 
     async def token_balance(self, holder: str, token: str = USDT_MAINNET) -> int:
-        """`balanceOf(holder)` in base units."""
-        check_tron_address(holder)
-        contract = await self._contract(token)
+        """`balanceOf(holder)` in base units.
+
+        The scanner's hot path: the call is encoded here (selector + one address word) rather than
+        through tronpy's contract machinery, which costs about a millisecond of CPU per read. The
+        contract's ABI is still fetched once to check that `token` is a TRC20 contract.
+        """
+        holder_hex = address_to_hex(holder)
+        await self._contract(token)
+        answer = await self._dict(
+            "wallet/triggerconstantcontract",
+            {
+                "owner_address": holder,
+                "contract_address": token,
+                "function_selector": "balanceOf(address)",
+                "parameter": holder_hex[2:].rjust(64, "0"),
+                "visible": True,
+            },
+        )
+        result = answer.get("result")
+        if not isinstance(result, dict) or result.get("result") is not True:
+            message = _decode_message(result.get("message")) if isinstance(result, dict) else ""
+            raise ChainResponseError(f"balanceOf({holder}) failed: {message or 'no result'}")
         try:
-            value = await contract.functions.balanceOf(holder)
-        except (TvmError, ApiError, UnknownError, TronValidationError, TransactionError) as exc:
-            raise ChainResponseError(f"balanceOf({holder}) failed: {exc}") from None
-        except (KeyError, IndexError, ValueError, TypeError):
+            word = answer["constant_result"][0]
+            value = int(word, 16)
+        except (KeyError, IndexError, TypeError, ValueError):
             raise ChainResponseError(f"balanceOf({holder}): malformed answer") from None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ChainResponseError(f"balanceOf({holder}) returned {value!r}")
+        if len(word) != 64:
+            raise ChainResponseError(f"balanceOf({holder}) returned {len(word)} hex digits, not one word")
         return value
 
     async def account_resources(self, address: str) -> AccountResources:

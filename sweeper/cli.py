@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -31,6 +32,9 @@ from sweeper.ledger import (
 from sweeper.logs import configure_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# Balance reads in flight. httpcore's pool costs grow with connections x queued requests: past ~16
+# the client's CPU, not the node, limits a pass (benchmarks/scan_bench.py).
+SCAN_CONCURRENCY = 16
 
 
 class UsageError(Exception):
@@ -432,6 +436,90 @@ def cmd_demo(ctx: Context) -> int:
     return run_demo(ctx.out)
 
 
+def cmd_scan(ctx: Context) -> int:
+    settings = ctx.settings(secrets=True)
+    ledger = ctx.ledger(settings)
+    try:
+        return asyncio.run(_scan(ctx, settings, ledger))
+    finally:
+        ledger.engine.dispose()
+
+
+async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
+    # Imported here: the ledger-only commands should not pay for importing tronpy and httpx.
+    from sweeper.chain import ChainError
+    from sweeper.clients import chain_from, provider_from
+    from sweeper.provider import ProviderError
+    from sweeper.scanner import KeysDoNotMatchLedger, ScanError, Scanner, sync_addresses
+
+    dry_run = bool(ctx.args.dry_run)
+    try:
+        added = await asyncio.to_thread(sync_addresses, settings, ledger)
+    except KeysDoNotMatchLedger as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        async with chain_from(settings) as chain:
+            report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
+                dry_run=dry_run
+            )
+    except (ChainError, ScanError) as exc:
+        raise RuntimeFailure(f"scan incomplete: {exc}") from None
+    price_sun: int | None = None
+    price_error = None
+    if dry_run and report.candidates:
+        try:
+            async with provider_from(settings) as provider:
+                quote = await provider.price(to_address=settings.wallet.destination)
+            price_sun = quote.total_price_sun
+        except ProviderError as exc:
+            price_error = str(exc)
+    candidates = [
+        {
+            "address": c.address,
+            "token": c.token.symbol,
+            "amount": format_units(c.amount, c.token.decimals),
+            "energy_price_sun": price_sun,
+            "energy_price_trx": format_units(price_sun, 6),
+        }
+        for c in report.candidates
+    ]
+    document: dict[str, Any] = {
+        "dry_run": dry_run,
+        "addresses_added": added,
+        "addresses_scanned": report.addresses,
+        "resumed_after_address_id": report.resumed_after_id,
+        "balance_reads": report.balance_reads,
+        "skipped_open_sweep": report.skipped_open,
+        "above_threshold": report.candidate_count,
+        "queued": report.queued,
+        "seconds": round(report.seconds, 3),
+        "candidates": candidates,
+    }
+    if price_error:
+        document["price_error"] = price_error
+    if ctx.json:
+        print_json(ctx, document)
+        return EXIT_OK
+    if dry_run:
+        print_table(
+            ctx,
+            ["address", "token", "amount", "energy price trx"],
+            [
+                [c["address"], c["token"], c["amount"], c["energy_price_trx"] or "?"]
+                for c in document["candidates"]
+            ],
+        )
+        if price_error:
+            ctx.out.write(f"price unavailable: {price_error}\n")
+        ctx.out.write(f"dry run: {report.candidate_count} above threshold, nothing queued\n")
+    else:
+        ctx.out.write(
+            f"scanned {report.addresses} addresses ({report.balance_reads} balance reads, {report.skipped_open} "
+            f"skipped with an open sweep): {report.candidate_count} above threshold, {report.queued} queued\n"
+        )
+    return EXIT_OK
+
+
 def cmd_not_yet(ctx: Context) -> int:
     raise RuntimeFailure(
         f"`sweeper {ctx.args.command}` arrives with a later issue of this project (see README)"
@@ -507,8 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(commands, "demo", cmd_demo, "a walk through the ledger on a throw-away sandbox")
     p = add(commands, "run", cmd_not_yet, "the daemon (arrives with the service issue)")
     p.add_argument("--dry-run", action="store_true")
-    p = add(commands, "scan", cmd_not_yet, "one scan pass (arrives with the detection issue)")
-    p.add_argument("--dry-run", action="store_true")
+    p = add(commands, "scan", cmd_scan, "one scan pass now: queue sweeps above threshold")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what is above threshold and the energy price; queue nothing (addresses are still synced)",
+    )
     return parser
 
 

@@ -109,7 +109,7 @@ class Scanner:
         tokens: Sequence[TokenSettings],
         *,
         page_size: int = 500,
-        concurrency: int = 64,
+        concurrency: int = 16,
         name: str = POLL_SCAN,
     ) -> None:
         if page_size < 1 or concurrency < 1:

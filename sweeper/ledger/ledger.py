@@ -369,15 +369,75 @@ class Ledger:
             )
             return result.rowcount == 1
 
-    def release(self, sweep_id: int, worker: str, *, next_attempt_at: datetime | None = None) -> bool:
-        """Give a row back without changing its state (e.g. nothing to do yet)."""
+    def release(
+        self,
+        sweep_id: int,
+        worker: str,
+        *,
+        next_attempt_at: datetime | None = None,
+        last_error: str | None = None,
+        count_attempt: bool = False,
+    ) -> bool:
+        """Give a row back without changing its state: nothing to do until `next_attempt_at`.
+
+        `last_error` records why (a transient failure); `count_attempt` adds one to `attempts`.
+        False if the claim was lost (another worker holds the row now).
+        """
+        values: dict[str, Any] = {"claimed_by": None, "lease_until": None, "next_attempt_at": next_attempt_at}
+        if last_error is not None:
+            values["last_error"] = last_error
+        if count_attempt:
+            values["attempts"] = sweeps.c.attempts + 1
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(sweeps)
-                .where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker)
-                .values(claimed_by=None, lease_until=None, next_attempt_at=next_attempt_at)
+                update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker).values(**values)
             )
             return result.rowcount == 1
+
+    def hint(self, *, sweep_id: int | None = None, serial: str | None = None) -> int | None:
+        """Make an open sweep due now (a verified provider callback); returns its id if one matched.
+
+        Only a hint: the worker re-queries the provider and acts on that answer, never on this.
+        """
+        if sweep_id is None and serial is None:
+            return None
+        match = sweeps.c.serial == serial if serial is not None else sweeps.c.id == sweep_id
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(sweeps)
+                .where(match, sweeps.c.state.not_in([s.value for s in FINAL_STATES]))
+                .values(next_attempt_at=self.now())
+                .returning(sweeps.c.id)
+            ).first()
+        return int(row.id) if row is not None else None
+
+    def energy_spent_since(self, since: datetime) -> int:
+        """Provider spend (sun) on energy orders placed or adopted at or after `since`."""
+        with self.engine.connect() as conn:
+            ordered = (
+                select(events.c.sweep_id)
+                .where(events.c.to_state == SweepState.ENERGY_ORDERED.value, events.c.at >= since)
+                .distinct()
+            )
+            total = conn.execute(
+                select(func.coalesce(func.sum(sweeps.c.cost_sun), 0)).where(sweeps.c.id.in_(ordered))
+            ).scalar_one()
+        return int(total)
+
+    def deposit_address(self, address: str) -> DepositAddressRecord | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(addresses).where(addresses.c.address == address)).first()
+        if r is None:
+            return None
+        return DepositAddressRecord(
+            id=r.id,
+            address=r.address,
+            hd_index=r.hd_index,
+            label=r.label,
+            source=r.source,
+            watched=bool(r.watched),
+            created_at=r.created_at,
+        )
 
     # --- operator actions -------------------------------------------------------------------
 

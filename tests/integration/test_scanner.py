@@ -237,3 +237,51 @@ def test_unreadable_page_stops_the_pass_without_skipping_it(
     progress = ledger.scan_pass("poll")
     assert progress is not None and progress.completed_at is None
     assert progress.last_address_id == ledger.list_addresses()[19].id  # page 3 (ids 21-30) not recorded
+
+
+def test_scan_command_dry_run_then_real(
+    tmp_path: Path,
+    db_url: str,
+    node: RunningNode,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from sweeper.cli import main
+    from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, SandboxProvider
+
+    with SandboxProvider(node.world) as provider:
+        text = (
+            (REPO / "config.example.toml")
+            .read_text()
+            .replace('hd_indexes = "0-999"', f'hd_indexes = "0-{N - 1}"')
+            .replace('url = "sqlite:///sweeper.db"', f'url = "{db_url}"')
+            .replace('node_url = "https://api.trongrid.io"', f'node_url = "{node.url}"')
+            .replace('base_url = "https://itrx.io"', f'base_url = "{provider.url}"')
+            .replace("requests_per_second = 10", "requests_per_second = 500")
+        )
+        config = tmp_path / "sweeper.toml"
+        config.write_text(text)
+        for key, value in {
+            "TRONGRID_API_KEY": "k" * 10,
+            "SWEEPER_PROVIDER_API_KEY": SANDBOX_API_KEY,
+            "SWEEPER_PROVIDER_API_SECRET": SANDBOX_API_SECRET,
+            "SWEEPER_MNEMONIC": MNEMONIC,
+        }.items():
+            monkeypatch.setenv(key, value)
+        assert main(["--config", str(config), "migrate"]) == 0
+        capsys.readouterr()
+        assert main(["--config", str(config), "scan", "--dry-run", "--json"]) == 0
+        dry = json.loads(capsys.readouterr().out)
+        assert {c["address"] for c in dry["candidates"]} == EXPECTED
+        assert dry["queued"] == 0 and dry["addresses_added"] == N
+        assert all(c["energy_price_sun"] and c["energy_price_sun"] > 0 for c in dry["candidates"])
+        assert provider.post_count == 0  # a dry run orders nothing
+
+        assert main(["--config", str(config), "scan", "--json"]) == 0
+        real = json.loads(capsys.readouterr().out)
+        assert real["queued"] == len(EXPECTED) and real["candidates"] == []
+        assert main(["--config", str(config), "sweeps", "list", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert {r["address"] for r in listed} == EXPECTED
