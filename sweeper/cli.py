@@ -520,6 +520,36 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
     return EXIT_OK
 
 
+def cmd_work(ctx: Context) -> int:
+    from sweeper.ledger import LedgerLocked
+    from sweeper.worker import Until, ledger_lock, work
+
+    settings = ctx.settings(secrets=True)
+    ledger = ctx.ledger(settings)
+    until = Until.IDLE if ctx.args.once else Until.FINAL if ctx.args.until_final else Until.STOPPED
+    try:
+        with ledger_lock(settings):
+            result = asyncio.run(
+                work(settings, ledger, until=until, timeout=ctx.args.timeout, dry_run=ctx.args.dry_run)
+            )
+    except LedgerLocked as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        ledger.engine.dispose()
+    summary = {
+        "rows_worked": result.rows_worked,
+        "open_sweeps": result.open_left,
+        "timed_out": result.timed_out,
+    }
+    if ctx.json:
+        print_json(ctx, summary)
+    else:
+        ctx.out.write(f"worked {result.rows_worked} rows; {result.open_left} sweeps still open\n")
+    if result.timed_out:
+        raise RuntimeFailure(f"--timeout reached with {result.open_left} sweeps still open")
+    return EXIT_OK
+
+
 def cmd_not_yet(ctx: Context) -> int:
     raise RuntimeFailure(
         f"`sweeper {ctx.args.command}` arrives with a later issue of this project (see README)"
@@ -593,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add(commands, "stats", cmd_stats, "totals: swept per token, energy cost, sweeps per state")
     add(commands, "demo", cmd_demo, "a walk through the ledger on a throw-away sandbox")
+    p = add(commands, "work", cmd_work, "run the sweep pipeline (order energy, sign, broadcast, confirm)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="until nothing is due now")
+    mode.add_argument("--until-final", action="store_true", help="until every sweep is final")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    p.add_argument("--dry-run", action="store_true", help="log what would be ordered; change nothing")
     p = add(commands, "run", cmd_not_yet, "the daemon (arrives with the service issue)")
     p.add_argument("--dry-run", action="store_true")
     p = add(commands, "scan", cmd_scan, "one scan pass now: queue sweeps above threshold")

@@ -118,6 +118,7 @@ class PipelineSettings:
     order_timeout_seconds: int
     energy_ready_timeout_seconds: int
     stuck_alert_seconds: int
+    lease_seconds: int
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ class Settings:
                 "order_timeout_seconds": self.pipeline.order_timeout_seconds,
                 "energy_ready_timeout_seconds": self.pipeline.energy_ready_timeout_seconds,
                 "stuck_alert_seconds": self.pipeline.stuck_alert_seconds,
+                "lease_seconds": self.pipeline.lease_seconds,
             },
             "safety": {
                 "max_daily_spend_trx": str(self.safety.max_daily_spend_trx),
@@ -288,6 +290,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "order_timeout_seconds": "pos_int",
         "energy_ready_timeout_seconds": "pos_int",
         "stuck_alert_seconds": "pos_int",
+        "lease_seconds": "pos_int",
     },
     "safety": {"max_daily_spend_trx": "pos_decimal", "max_cost_per_sweep_trx": "pos_decimal"},
 }
@@ -315,6 +318,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "order_timeout_seconds": 900,
         "energy_ready_timeout_seconds": 600,
         "stuck_alert_seconds": 1800,
+        "lease_seconds": 60,
     },
     "safety": {"max_daily_spend_trx": "500", "max_cost_per_sweep_trx": "10"},
 }

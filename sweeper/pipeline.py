@@ -71,7 +71,7 @@ class PipelineOptions:
     max_cost_per_sweep_sun: int = 10_000_000
     scene: int = 0
     callback_url: str | None = None
-    lease_seconds: float = 120.0
+    lease_seconds: float = 60.0
     # An order POST whose answer was lost may still be processed: look it up only after this.
     order_grace_seconds: float = 10.0
     low_balance_pause_seconds: float = 300.0
@@ -95,6 +95,7 @@ class PipelineOptions:
             "max_cost_per_sweep_sun": settings.safety.max_cost_per_sweep_sun,
             "scene": settings.provider.scene,
             "callback_url": settings.provider.callback_url or None,
+            "lease_seconds": float(settings.pipeline.lease_seconds),
             "low_balance_pause_seconds": float(max(60, settings.schedule.work_interval_seconds * 12)),
         }
         values.update(overrides)
@@ -227,6 +228,26 @@ class Pipeline:
         return 0
 
     async def _advance(self, row: SweepRecord) -> None:
+        # Keep the lease fresh while we work on the row (a held POST can outlast a lease): a lease
+        # only runs out when its worker died, which is when another worker may take the row.
+        heartbeat = asyncio.create_task(self._heartbeat(row.id))
+        try:
+            await self._advance_steps(row)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, sweep_id: int) -> None:
+        interval = max(0.5, self.options.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            held = await asyncio.to_thread(
+                self.ledger.renew_lease, sweep_id, self.worker_id, self.options.lease_seconds
+            )
+            if not held:
+                log.warning("lease renewal failed: the row is no longer ours", sweep_id=sweep_id)
+                return
+
+    async def _advance_steps(self, row: SweepRecord) -> None:
         try:
             while True:
                 step = await self._step(row)
