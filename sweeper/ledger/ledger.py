@@ -394,6 +394,14 @@ class Ledger:
             )
             return result.rowcount == 1
 
+    def release_claims(self, worker: str) -> int:
+        """Drop every lease `worker` holds (a clean shutdown), so a restart need not wait them out."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(sweeps).where(sweeps.c.claimed_by == worker).values(claimed_by=None, lease_until=None)
+            )
+            return int(result.rowcount)
+
     def hint(self, *, sweep_id: int | None = None, serial: str | None = None) -> int | None:
         """Make an open sweep due now (a verified provider callback); returns its id if one matched.
 

@@ -25,7 +25,12 @@ Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "swit
 and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
 `world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`.
 Blocks are produced on demand (`world.produce_block(s)`, the `produce_blocks` control op) or by the
-ticker; tests should produce them on demand and wait on observable state, never on time.
+ticker (the `block_interval` control op starts/stops it); tests should produce them on demand and
+wait on observable state, never on time.
+
+Test-only routes (a test in another process uses them through `sweeper.sandbox.control`):
+`POST /_sandbox/control`, `GET /_sandbox/state`, `GET /_sandbox/account?address=` (the world's
+record, activated or not, with its USDT balance) and `GET /_sandbox/transactions[?owner=&to=]`.
 """
 
 from __future__ import annotations
@@ -173,10 +178,13 @@ class SandboxNode:
         self._held = 0
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
+        self.block_interval: float | None = None  # the ticker's period while it runs
         self.app = Starlette(
             routes=[
                 Route("/_sandbox/control", self._control, methods=["POST"]),
                 Route("/_sandbox/state", self._state, methods=["GET"]),
+                Route("/_sandbox/account", self._account_state, methods=["GET"]),
+                Route("/_sandbox/transactions", self._transactions_state, methods=["GET"]),
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ]
         )
@@ -212,12 +220,14 @@ class SandboxNode:
 
         self._ticker = threading.Thread(target=run, name="sandbox-node-blocks", daemon=True)
         self._ticker.start()
+        self.block_interval = interval_s
 
     def stop_block_production(self) -> None:
         if self._ticker is not None:
             self._ticker_stop.set()
             self._ticker.join(5)
             self._ticker = None
+        self.block_interval = None
 
     # --- HTTP ---
 
@@ -623,8 +633,68 @@ class SandboxNode:
                     "pending": len(self.world.pending),
                     "held_broadcasts": self.held_broadcasts,
                     "now_ms": self.world.now_ms(),
+                    "block_interval": self.block_interval,
+                    "solid_lag": self.world.solid_lag,
+                    "solidification_held": self.world.solidification_held,
+                    "inclusion_held": self.world.inclusion_held,
+                    "usdt_contract": self.world.usdt_contract,
                 }
             )
+
+    async def _account_state(self, request: Request) -> Response:
+        """`GET /_sandbox/account?address=T…[&contract=T…]`: the world's record (activated or not)."""
+        address = request.query_params.get("address", "")
+        w = self.world
+        contract = request.query_params.get("contract", w.usdt_contract)
+        try:
+            address = _b58(address)
+        except Exception:  # any malformed address
+            return JSONResponse({"error": f"bad address {address!r}"}, status_code=400)
+        with w.lock:
+            acct = w.accounts.get(address)
+            out: dict[str, Any] = {
+                "address": address,
+                "token_contract": contract,
+                "token_balance": w.token_balance(contract, address),
+                "activated": bool(acct and acct.activated),
+                "trx_sun": acct.trx_sun if acct else 0,
+                "delegated_energy": acct.delegated_energy if acct else 0,
+                "energy_used": acct.energy_used if acct else 0,
+                "energy_available": acct.energy_available if acct else 0,
+                "delegated_bandwidth": acct.delegated_bandwidth if acct else 0,
+                "bandwidth_used": acct.bandwidth_used if acct else 0,
+                "bandwidth_available": acct.bandwidth_available if acct else 0,
+                "free_bandwidth_used": acct.free_bandwidth_used if acct else 0,
+            }
+        return JSONResponse(out)
+
+    async def _transactions_state(self, request: Request) -> Response:
+        """`GET /_sandbox/transactions[?owner=T…][&to=T…]`: accepted transactions, oldest first."""
+        owner = request.query_params.get("owner")
+        to = request.query_params.get("to")
+        with self.world.lock:
+            txs = [
+                {
+                    "txid": tx.txid,
+                    "owner": tx.owner,
+                    "to": tx.to,
+                    "contract": tx.contract,
+                    "contract_type": tx.contract_type,
+                    "amount": tx.amount,
+                    "fee_limit": tx.fee_limit,
+                    "expiration_ms": tx.expiration_ms,
+                    "block_number": tx.block_number,
+                    "solid": tx.block_number is not None and tx.block_number <= self.world.solid_number,
+                    "result": tx.receipt.result if tx.block_number is not None else None,
+                    "energy_usage": tx.receipt.energy_usage,
+                    "energy_fee_sun": tx.receipt.energy_fee_sun,
+                    "net_usage": tx.receipt.net_usage,
+                    "net_fee_sun": tx.receipt.net_fee_sun,
+                }
+                for tx in self.world.transactions.values()
+                if (owner is None or tx.owner == owner) and (to is None or tx.to == to)
+            ]
+        return JSONResponse({"transactions": txs})
 
     async def _control(self, request: Request) -> Response:
         body = await self._body(request) or {}
@@ -654,6 +724,12 @@ class SandboxNode:
             w.hold_solidification(bool(body.get("held", True)))
         elif op == "hold_inclusion":
             w.hold_inclusion(bool(body.get("held", True)))
+        elif op == "block_interval":
+            seconds = float(body.get("seconds") or 0)
+            if seconds > 0:
+                self.start_block_production(seconds)
+            else:
+                self.stop_block_production()
         elif op == "switches":
             names = {f.name for f in fields(NodeSwitches)}
             for key, value in body.items():

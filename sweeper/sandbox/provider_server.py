@@ -15,6 +15,11 @@ Switches (attributes of `SandboxProvider.switches`, or the helper methods) let t
 failure the daemon must survive: a 5xx after the order was created, a POST held open, low balance,
 orders ending 0/41/43, duplicated, reordered or missing callbacks.
 
+Test-only routes (no auth; loopback only) expose the switches to another process, used through
+`sweeper.sandbox.control.SandboxControl`: `POST /_sandbox/control {"op": ...}` (switches,
+hold_posts, release_posts, release_callbacks, complete, delegation_delay, set_balance),
+`GET /_sandbox/state` and `GET /_sandbox/orders[?out_trade_no=&serial=]`.
+
 Start it: `provider = SandboxProvider(world); server = provider.start(); … provider.stop()`
 (`server.url` is the base_url for `ProviderClient`), or `with SandboxProvider(world) as provider:`.
 """
@@ -680,6 +685,9 @@ def create_app(provider: SandboxProvider) -> Starlette:
 
     return Starlette(
         routes=[
+            Route("/_sandbox/control", _control_endpoint(provider), methods=["POST"]),
+            Route("/_sandbox/state", _state_endpoint(provider), methods=["GET"]),
+            Route("/_sandbox/orders", _orders_endpoint(provider), methods=["GET"]),
             Route(f"{API_PREFIX}/order/collect-manual", collect_manual, methods=["POST"]),
             Route(f"{API_PREFIX}/order/query", order_query, methods=["GET"]),
             Route(f"{API_PREFIX}/index-data", index_data, methods=["GET"]),
@@ -698,3 +706,150 @@ async def _held(provider: SandboxProvider) -> None:
     finally:
         with provider.lock:
             provider.held_count -= 1
+
+
+# --- test control (loopback only, no auth: the fake never leaves 127.0.0.1) --------------------
+
+
+def _switches_json(switches: Switches) -> dict[str, Any]:
+    return {
+        "error_after_create": switches.error_after_create,
+        "error_status": switches.error_status,
+        "hold": switches.hold.value if switches.hold is not None else None,
+        "outcome": switches.outcome,
+        "callbacks_enabled": switches.callbacks_enabled,
+        "duplicate_callbacks": switches.duplicate_callbacks,
+        "hold_callbacks": switches.hold_callbacks,
+        "callback_form": switches.callback_form.value,
+        "index_data_empty_on_bad_key": switches.index_data_empty_on_bad_key,
+    }
+
+
+def _order_json(order: SandboxOrder, attempts: list[CallbackAttempt]) -> dict[str, Any]:
+    return {
+        "serial": order.serial,
+        "out_trade_no": order.out_trade_no,
+        "receive_address": order.receive_address,
+        "to_address": order.to_address,
+        "callback_url": order.callback_url,
+        "scene": order.scene,
+        "status": order.status,
+        "outcome": order.outcome,
+        "energy_amount": order.energy_amount,
+        "amount_sun": order.amount_sun,
+        "delegated_energy": order.delegated_energy,
+        "refund_amount_sun": order.refund_amount_sun,
+        "create_time": order.create_time.isoformat(),
+        "callback_attempts": [
+            {
+                "attempt": a.attempt,
+                "status_code": a.status_code,
+                "error": a.error,
+                "suppressed": a.suppressed,
+            }
+            for a in attempts
+        ],
+    }
+
+
+def provider_state(provider: SandboxProvider) -> dict[str, Any]:
+    """What `GET /_sandbox/state` answers (and every control op, after applying itself)."""
+    with provider.lock:
+        by_status: dict[str, int] = {}
+        for order in provider.orders.values():
+            by_status[str(order.status)] = by_status.get(str(order.status), 0) + 1
+        return {
+            "balance_sun": provider.balance_sun,
+            "post_count": provider.post_count,
+            "held_posts": provider.held_count,
+            "orders": len(provider.orders),
+            "orders_by_status": by_status,
+            "callback_attempts": len(provider.callback_attempts),
+            "held_callbacks": len(provider._held_callbacks),
+            "idle": provider.idle(),
+            "delegation_delay": provider.delegation_delay,
+            "switches": _switches_json(provider.switches),
+        }
+
+
+def _switch_changes(body: dict[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for key in (
+        "error_after_create",
+        "error_status",
+        "outcome",
+        "duplicate_callbacks",
+    ):
+        if key in body:
+            changes[key] = int(body[key])
+    for key in ("callbacks_enabled", "hold_callbacks", "index_data_empty_on_bad_key"):
+        if key in body:
+            changes[key] = bool(body[key])
+    if "callback_form" in body:
+        changes["callback_form"] = CallbackForm(str(body["callback_form"]))
+    return changes
+
+
+def _control_endpoint(provider: SandboxProvider) -> Callable[[Request], Any]:
+    async def control(request: Request) -> Response:
+        """`POST /_sandbox/control {"op": ..., ...}`: the provider-side switches, over HTTP."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "invalid JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "expected a JSON object"}, status_code=400)
+        op = body.get("op")
+        try:
+            if op == "switches":
+                provider.set_switches(**_switch_changes(body))
+            elif op == "hold_posts":
+                provider.hold_posts(HoldPoint(str(body.get("point", HoldPoint.AFTER_CREATE.value))))
+            elif op == "release_posts":
+                provider.release_posts()
+            elif op == "release_callbacks":
+                provider.release_callbacks(reverse=bool(body.get("reverse", False)))
+            elif op == "complete":
+                status = body.get("status")
+                provider.complete(str(body["serial"]), None if status is None else int(status))
+            elif op == "delegation_delay":
+                seconds = body.get("seconds")
+                with provider.lock:
+                    provider.delegation_delay = None if seconds is None else float(seconds)
+            elif op == "set_balance":
+                provider.set_balance(int(body["sun"]))
+            else:
+                return JSONResponse({"error": f"unknown op {op!r}"}, status_code=400)
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse(
+                {"error": f"bad {op!r} request: {type(exc).__name__}: {exc}"}, status_code=400
+            )
+        return JSONResponse(provider_state(provider))
+
+    return control
+
+
+def _state_endpoint(provider: SandboxProvider) -> Callable[[Request], Any]:
+    async def state(request: Request) -> Response:
+        return JSONResponse(provider_state(provider))
+
+    return state
+
+
+def _orders_endpoint(provider: SandboxProvider) -> Callable[[Request], Any]:
+    async def orders(request: Request) -> Response:
+        """`GET /_sandbox/orders[?out_trade_no=…][&serial=…]`: orders, oldest first."""
+        out_trade_no = request.query_params.get("out_trade_no")
+        serial = request.query_params.get("serial")
+        with provider.lock:
+            selected = [
+                o
+                for o in provider.orders.values()
+                if (out_trade_no is None or o.out_trade_no == out_trade_no)
+                and (serial is None or o.serial == serial)
+            ]  # dicts keep insertion order: oldest first
+            return JSONResponse(
+                {"orders": [_order_json(o, provider.attempts_for(o.serial)) for o in selected]}
+            )
+
+    return orders
