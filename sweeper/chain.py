@@ -970,16 +970,25 @@ class TronChain:
         block is `expiry_margin_ms` past the expiration (two 3-s blocks), every block that could hold
         it is solidified, and the solidity node does not know it.
         """
+        # The solid head is read BEFORE the receipt: if the transaction solidified between two
+        # calls made the other way round, "not found" + a late head would read as EXPIRED and
+        # the pipeline would sign a second transfer while the first one lands.
+        solid = await self.latest_solid_block()
         info = await self._dict("walletsolidity/gettransactioninfobyid", {"value": txid, "visible": False})
         if not info:
-            solid = await self.latest_solid_block()
             if solid.timestamp_ms >= expiration_ms + self._expiry_margin_ms:
+                # Behind a load balancer the two calls may reach different nodes: ask the full
+                # node too, which knows every transaction it has seen, solid or not.
+                known = await self._dict("wallet/gettransactionbyid", {"value": txid, "visible": False})
+                if known:
+                    return TransferStatus(txid, TxState.PENDING)
                 return TransferStatus(txid, TxState.EXPIRED)
             return TransferStatus(txid, TxState.PENDING)
         if str(info.get("id", txid)).lower() != txid.lower():
             raise ChainResponseError(f"asked for {txid}, the node answered about {info.get('id')}")
         receipt = info.get("receipt") or {}
-        result = str(receipt.get("result", "SUCCESS"))
+        # java-tron writes SUCCESS explicitly for a contract call; a missing result is no evidence.
+        result = str(receipt.get("result", "MISSING_RESULT"))
         failed = info.get("result") == "FAILED" or result != "SUCCESS"
         reason = None
         if failed:

@@ -56,6 +56,7 @@ from sweeper.provider import (
 log = structlog.get_logger("sweeper.pipeline")
 
 S = SweepState
+REJECTIONS_BEFORE_PAUSE = 3
 WORK_STATES = (S.QUEUED, S.ORDERING, S.ENERGY_ORDERED, S.ENERGY_READY, S.SIGNED, S.BROADCAST)
 
 
@@ -169,6 +170,7 @@ class Pipeline:
         self._last_pause_alert: float = 0.0
         self._price_cache: tuple[float, int] | None = None
         self.steps_done = 0
+        self._consecutive_rejections = 0
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -440,14 +442,27 @@ class Pipeline:
             self._pause_ordering(f"provider refused our API key: {exc}")
             return await self._back_to_queue(row, f"provider auth error: {exc}", delay=self._pause_left())
         except OrderRejected as exc:
-            return await self._move(
-                row, S.FAILED, f"provider rejected the order: {exc}", data={"raw": exc.raw}
-            )
+            if exc.field_errors:  # the request itself names what is wrong with this sweep
+                self._consecutive_rejections = 0
+                return await self._move(
+                    row, S.FAILED, f"provider rejected the order: {exc}", data={"raw": exc.raw}
+                )
+            # A bare errno with a healthy balance may be this order, or a wrong api secret or a
+            # skewed clock that refuses every order: retry with backoff (max_attempts fails the
+            # row), and pause ordering for all rows when several in a row are refused.
+            self._consecutive_rejections += 1
+            if self._consecutive_rejections >= REJECTIONS_BEFORE_PAUSE:
+                self._pause_ordering(
+                    f"{self._consecutive_rejections} orders in a row refused ({exc}); check the API secret "
+                    "and the clock"
+                )
+            return await self._back_to_queue(row, f"provider refused the order: {exc}", count=True)
         except ProviderUnavailable as exc:  # provably not sent: nothing was ordered
             return await self._back_to_queue(row, f"provider unavailable: {exc}", count=True)
         except ProviderError as exc:
             await self._release(row, self.options.order_grace_seconds, f"provider error: {exc}", count=True)
             return Step.WAIT
+        self._consecutive_rejections = 0
         return await self._move(
             row,
             S.ENERGY_ORDERED,
@@ -464,8 +479,11 @@ class Pipeline:
 
     async def _adopt(self, row: SweepRecord, order: Order) -> Step:
         skew = timedelta(seconds=self.options.adopt_clock_skew_seconds)
-        foreign = order.receive_address != row.address or (
-            order.create_time is not None and order.create_time < row.created_at - skew
+        # Without a creation time we cannot tell our order from an old ledger's: not adoptable.
+        foreign = (
+            order.receive_address != row.address
+            or order.create_time is None
+            or order.create_time < row.created_at - skew
         )
         if foreign:
             log.error(

@@ -240,3 +240,23 @@ def test_address_without_a_key_fails_before_ordering(env: Env) -> None:
     row = env.ledger.get_sweep(sweep_id)
     assert row.state is S.FAILED and "no usable key" in env.ledger.events(sweep_id)[-1].reason
     assert env.provider.post_count == 0
+
+
+def test_orders_refused_for_a_wrong_secret_pause_ordering_instead_of_failing_rows(env: Env) -> None:
+    ids = [env.queue(env.fund(i, 20_000_000)) for i in range(3)]
+
+    async def go() -> Pipeline:
+        opts = PipelineOptions(destination=DESTINATION, tokens=TOKENS, max_attempts=5)
+        async with (
+            TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
+            ProviderClient(env.provider.url, Secret(SANDBOX_API_KEY), Secret("not-the-secret")) as client,
+        ):
+            p = Pipeline(env.ledger, client, chain, Keys(env.ledger, WALLET), opts, worker_id="w")
+            await p.run_once()
+            return p
+
+    pipeline = asyncio.run(go())
+    rows = [env.ledger.get_sweep(i) for i in ids]
+    assert all(r.state is S.QUEUED and r.attempts == 1 for r in rows), [(r.state, r.attempts) for r in rows]
+    assert pipeline.ordering_paused_until is not None
+    assert env.provider.orders == {}
