@@ -51,7 +51,10 @@ class Context:
         return bool(self.args.json) or not self.out.isatty()
 
     def settings(self, *, secrets: bool = False) -> Settings:
-        return load_settings(config_path_from(self.args.config), secrets=secrets)
+        settings = load_settings(config_path_from(self.args.config), secrets=secrets)
+        if secrets:  # from here on, every log line masks them
+            configure_logging(secrets=settings.secret_values(), level=self.args.log_level)
+        return settings
 
     def ledger(self, settings: Settings | None = None) -> Ledger:
         settings = settings or self.settings()
@@ -550,10 +553,25 @@ def cmd_work(ctx: Context) -> int:
     return EXIT_OK
 
 
-def cmd_not_yet(ctx: Context) -> int:
-    raise RuntimeFailure(
-        f"`sweeper {ctx.args.command}` arrives with a later issue of this project (see README)"
-    )
+def cmd_run(ctx: Context) -> int:
+    from sweeper.daemon import StartupError, run_daemon
+    from sweeper.ledger import LedgerLocked
+    from sweeper.worker import ledger_lock
+
+    settings = ctx.settings(secrets=True)
+    problems = watched_address_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    ledger = ctx.ledger(settings)
+    try:
+        with ledger_lock(settings):
+            return asyncio.run(run_daemon(settings, ledger, dry_run=ctx.args.dry_run))
+    except LedgerLocked as exc:
+        raise UsageError(str(exc)) from None
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        ledger.engine.dispose()
 
 
 # --- parser ------------------------------------------------------------------------------------
@@ -629,8 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--until-final", action="store_true", help="until every sweep is final")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
     p.add_argument("--dry-run", action="store_true", help="log what would be ordered; change nothing")
-    p = add(commands, "run", cmd_not_yet, "the daemon (arrives with the service issue)")
-    p.add_argument("--dry-run", action="store_true")
+    p = add(commands, "run", cmd_run, "the daemon: scheduled scans, the sweep worker, the callback listener")
+    p.add_argument(
+        "--dry-run", action="store_true", help="log what would be queued, ordered and sent; change nothing"
+    )
     p = add(commands, "scan", cmd_scan, "one scan pass now: queue sweeps above threshold")
     p.add_argument(
         "--dry-run",

@@ -5,8 +5,10 @@ Private keys only ever live in memory, wrapped in `Secret`; they are never logge
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -46,42 +48,59 @@ class HdWallet:
 
 
 def load_keyfile(path: Path) -> dict[str, Secret]:
-    """A JSON object {"T…": "hex private key"}; refused if group- or world-accessible."""
+    """A JSON object {"T…": "hex private key"}; refused if group- or world-accessible or a symlink.
+
+    The file is opened once (O_NOFOLLOW) and both the permission check (fstat) and the read use that
+    one descriptor, so the file checked is the file read. Errors name entries by position only: an
+    entry's address or key is never quoted (a swapped entry would put the key in the message).
+    """
+    # O_NONBLOCK: a FIFO planted at the path must not hang the open; it is then refused as not regular.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        st = path.stat()
+        fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeySourceError(f"{path}: keyfile is a symbolic link; give the real file") from None
         raise KeySourceError(f"{path}: cannot read keyfile ({exc.strerror})") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeySourceError(
-            f"{path}: keyfile is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            "run chmod 600"
-        )
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            st = os.fstat(handle.fileno())
+        except OSError as exc:
+            raise KeySourceError(f"{path}: cannot read keyfile ({exc.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise KeySourceError(f"{path}: keyfile is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeySourceError(
+                f"{path}: keyfile is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                "run chmod 600"
+            )
+        try:
+            raw = handle.read()
+        except OSError as exc:
+            raise KeySourceError(f"{path}: cannot read keyfile ({exc.strerror})") from None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         # The message of a JSON error may quote key material: name only the position.
         where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise KeySourceError(f"{path}: keyfile is not valid JSON{where}") from None
     if not isinstance(data, dict):
         raise KeySourceError(f"{path}: keyfile must be a JSON object of address -> hex private key")
     keys: dict[str, Secret] = {}
-    for address, key in data.items():
+    for n, (address, key) in enumerate(data.items(), start=1):
         try:
             check_tron_address(address)
-        except InvalidAddress as exc:
-            raise KeySourceError(f"{path}: {exc}") from None
+        except InvalidAddress:
+            raise KeySourceError(f"{path}: entry {n} is not a TRON address") from None
         if not isinstance(key, str) or len(key) != 64 or not _is_hex(key):
-            raise KeySourceError(f"{path}: the key for {address} is not 64 hex characters")
+            raise KeySourceError(f"{path}: the key of entry {n} is not 64 hex characters")
         keys[address] = Secret(key.lower())
     return keys
 
 
 def _is_hex(text: str) -> bool:
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
+    # Not bytes.fromhex: it accepts spaces between bytes.
+    return re.fullmatch(r"[0-9a-fA-F]*", text) is not None
 
 
 def keyfile_is_private(path: Path) -> bool:

@@ -53,12 +53,19 @@ class SecretMasker:
 
 
 masker = SecretMasker()
+_level = "INFO"
 
 
 def configure_logging(
-    *, secrets: Iterable[str] = (), json: bool | None = None, level: str = "INFO", stream: Any = None
+    *, secrets: Iterable[str] = (), json: bool | None = None, level: str | None = None, stream: Any = None
 ) -> None:
-    """Idempotent; call again (e.g. after loading the config) to add secrets to mask."""
+    """Idempotent; call again (e.g. after loading the config) to add secrets to mask.
+
+    `level` None keeps the level of the previous call (INFO the first time), so a reconfiguration
+    that only adds secrets (config reload) does not undo `--log-level`.
+    """
+    global _level
+    level = _level = level or _level
     stream = stream or sys.stderr
     masker.set(secrets)
     if json is None:

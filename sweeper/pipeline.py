@@ -165,7 +165,6 @@ class Pipeline:
         self.dry_run = dry_run
         self._sleep = sleep
         self._rng = random.Random()
-        self._tokens = {t.symbol: t for t in options.tokens}
         self.ordering_paused_until: datetime | None = None
         self._last_pause_alert: float = 0.0
         self._price_cache: tuple[float, int] | None = None
@@ -284,7 +283,8 @@ class Pipeline:
     # --- helpers ----------------------------------------------------------------------------
 
     def _token(self, row: SweepRecord) -> TokenSettings | None:
-        return self._tokens.get(row.token)
+        # Read from the options each time: SIGHUP swaps them (new thresholds) under a running pipeline.
+        return next((t for t in self.options.tokens if t.symbol == row.token), None)
 
     def _units(self, row: SweepRecord, amount: int | None) -> str | None:
         token = self._token(row)

@@ -28,9 +28,10 @@ import hashlib
 import hmac
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import Any, Final, NoReturn
@@ -318,7 +319,9 @@ class RetryPolicy:
 
 
 # Transport failures that happen before a single byte of the request was sent.
-_NEVER_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_NEVER_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A base URL httpx cannot use (no http:// or https://, malformed): configuration, never retried.
+_BAD_URL: Final = (httpx.UnsupportedProtocol, httpx.InvalidURL)
 
 
 @dataclass(frozen=True)
@@ -345,28 +348,63 @@ class _BadField(ValueError):
     pass
 
 
-def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+# Numbers as text: ASCII digits only (str.isdigit() and int() also take "²", "١", " 5", "1_0").
+_INT_TEXT: Final = re.compile(r"-?[0-9]+")
+_DECIMAL_TEXT: Final = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# No field of this API needs more digits; bounding them keeps int() cheap and inside its limits.
+_MAX_DIGITS: Final = 30
+
+
+def _show(value: object) -> str:
+    """A provider value for an error text: repr, truncated (the caller scrubs secrets)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _opt_int(data: Mapping[str, Any], key: str, *, non_negative: bool = False) -> int | None:
+    """An integer field: a JSON integer, a whole JSON number, or a string of ASCII digits.
+
+    Raises only `_BadField`, whatever the input. `non_negative` for money (sun amounts, balances).
+    """
     value = data.get(key)
     if value is None or value == "":
         return None
+    result: int
     if isinstance(value, bool):
         raise _BadField(f"{key} is a boolean")
     if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal):
-        if value == value.to_integral_value():
-            return int(value)
-        raise _BadField(f"{key}={value} is not a whole number")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise _BadField(f"{key}={value!r} is not an integer")
+        result = value
+    elif isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() >= _MAX_DIGITS:
+            raise _BadField(f"{key}={_show(value)} is not a usable number")
+        if value != value.to_integral_value():
+            raise _BadField(f"{key}={_show(value)} is not a whole number")
+        result = int(value)
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value) and len(value) <= _MAX_DIGITS:
+        result = int(value)
+    else:
+        raise _BadField(f"{key}={_show(value)} is not an integer")
+    if abs(result) >= 10**_MAX_DIGITS:
+        raise _BadField(f"{key} is out of range")
+    if non_negative and result < 0:
+        raise _BadField(f"{key}={result} is negative")
+    return result
 
 
-def _req_int(data: Mapping[str, Any], key: str) -> int:
-    value = _opt_int(data, key)
+def _req_int(data: Mapping[str, Any], key: str, *, non_negative: bool = False) -> int:
+    value = _opt_int(data, key, non_negative=non_negative)
     if value is None:
         raise _BadField(f"{key} is missing")
     return value
+
+
+def _opt_sun(data: Mapping[str, Any], key: str) -> int | None:
+    """A money field in sun: an integer, never negative."""
+    return _opt_int(data, key, non_negative=True)
+
+
+def _req_sun(data: Mapping[str, Any], key: str) -> int:
+    return _req_int(data, key, non_negative=True)
 
 
 def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -377,7 +415,7 @@ def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
         raise _BadField(f"{key} is a boolean")
     if isinstance(value, str | int):
         return str(value)
-    raise _BadField(f"{key}={value!r} is not a string")
+    raise _BadField(f"{key}={_show(value)} is not a string")
 
 
 def _req_str(data: Mapping[str, Any], key: str) -> str:
@@ -388,45 +426,73 @@ def _req_str(data: Mapping[str, Any], key: str) -> str:
 
 
 def _opt_decimal(data: Mapping[str, Any], key: str) -> Decimal | None:
+    """A fractional field: a finite JSON number or a plain decimal string ("12.5"). Raises only `_BadField`."""
     value = data.get(key)
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise _BadField(f"{key} is a boolean")
-    if isinstance(value, int | Decimal):
+    if isinstance(value, int):
         return Decimal(value)
-    if isinstance(value, str):
-        try:
-            result = Decimal(value)
-        except ArithmeticError as exc:
-            raise _BadField(f"{key}={value!r} is not a number") from exc
-        if result.is_finite():
-            return result
-    raise _BadField(f"{key}={value!r} is not a number")
+    if isinstance(value, Decimal):
+        if value.is_finite():
+            return Decimal(value)
+        raise _BadField(f"{key}={_show(value)} is not a finite number")
+    if isinstance(value, str) and len(value) <= 2 * _MAX_DIGITS + 2 and _DECIMAL_TEXT.fullmatch(value):
+        return Decimal(value)
+    raise _BadField(f"{key}={_show(value)} is not a number")
+
+
+def _opt_list(data: Mapping[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list):
+        raise _BadField(f"{key} is not a list")
+    return value
+
+
+# itrx.io is a China-based service; its documented times carry +08:00.
+PROVIDER_DEFAULT_OFFSET: Final = timezone(timedelta(hours=8))
 
 
 def parse_provider_time(value: object) -> datetime | None:
     """The provider's times: ISO 8601 ('2023-06-15T21:42:13.200565+08:00', '…Z') or unix seconds.
 
-    A time without an offset is taken as UTC (the docs only show offset-carrying times).
+    Returns None for an absent or unreadable time; never raises.
+
+    A time without a UTC offset is read as China time (UTC+08:00), not UTC. itrx.io runs on China
+    time, so that is the likely meaning; and of the plausible readings it is the earliest instant
+    (12:00 at +08:00 is 04:00Z, eight hours before 12:00Z). The pipeline adopts an order found by
+    out_trade_no only if it was created after our ledger row: reading an ambiguous time as early
+    as possible can only make an order look older, so it errs towards "not ours, not adopted".
     """
     if value is None or value == "" or isinstance(value, bool):
         return None
-    if isinstance(value, int | Decimal):
-        try:
-            return datetime.fromtimestamp(int(value), UTC)
-        except (OverflowError, OSError, ValueError):
+    seconds: int
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 12:
             return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            return parse_provider_time(int(text))
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-    return None
+        seconds = int(value)
+    elif isinstance(value, str):
+        if _INT_TEXT.fullmatch(value):
+            if len(value) > 13:
+                return None
+            seconds = int(value)
+        else:
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=PROVIDER_DEFAULT_OFFSET)
+    else:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _errno(data: Mapping[str, Any]) -> int | None:
@@ -449,6 +515,14 @@ def _field_errors(data: Any) -> dict[str, tuple[str, ...]]:
 
 def _describe_field_errors(errors: Mapping[str, tuple[str, ...]]) -> str:
     return "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
+
+
+def _scrub_secrets(text: str, *secrets: Secret) -> str:
+    for secret in secrets:
+        value = secret.reveal()
+        if value:
+            text = text.replace(value, "***")
+    return text
 
 
 # --- the client --------------------------------------------------------------------------------
@@ -548,7 +622,7 @@ class ProviderClient:
                     http_status=400,
                     raw=raw,
                 )
-            detail = errors.get("detail", ("",))[0] if errors else None
+            detail = " ".join(errors.get("detail", ())) or None
             await self._raise_refusal(detail, errno=None, http_status=400, raw=raw)
         if answer.status != 200 or not isinstance(answer.data, dict):
             raise OrderOutcomeUnknown(
@@ -557,7 +631,7 @@ class ProviderClient:
         body = answer.data
         try:
             errno = _errno(body)
-        except _BadField:
+        except Exception:  # _BadField; anything else would be a bug, and the order may exist
             errno = None
         if errno is None:
             raise OrderOutcomeUnknown("order answer has no usable errno", http_status=200, raw=raw)
@@ -570,14 +644,17 @@ class ProviderClient:
             order = CollectOrder(
                 serial=_req_str(body, "serial"),
                 scene=_opt_int(body, "scene") or 0,
-                amount_sun=_req_int(body, "amount"),
-                balance_sun=_req_int(body, "balance"),
+                amount_sun=_req_sun(body, "amount"),
+                balance_sun=_req_sun(body, "balance"),
                 out_trade_no=out_trade_no,
                 raw=raw,
             )
-        except _BadField as exc:
+        except Exception as exc:  # errno 0: the order exists, whatever went wrong reading it
             raise OrderOutcomeUnknown(
-                f"order accepted but its answer is malformed ({exc})", errno=0, http_status=200, raw=raw
+                f"order accepted but its answer is malformed ({self._why(exc)})",
+                errno=0,
+                http_status=200,
+                raw=raw,
             ) from None
         log.info(
             "provider.order_accepted",
@@ -605,16 +682,16 @@ class ProviderClient:
             return OrderNotFound(
                 serial=serial,
                 out_trade_no=out_trade_no,
-                message=message if isinstance(message, str) else "",
+                message=self._scrub(message) if isinstance(message, str) else "",
                 raw=raw,
             )
         if errno != 0:
             self._raise_unexpected("order query failed", answer, body, errno)
         try:
             return self._parse_order(body, raw)
-        except _BadField as exc:
+        except Exception as exc:  # _BadField, or any surprise: never a bare exception to the caller
             raise UnexpectedAnswer(
-                f"order query answer malformed ({exc})", http_status=200, raw=raw
+                f"order query answer malformed ({self._why(exc)})", http_status=200, raw=raw
             ) from None
 
     async def index_data(self) -> IndexData:
@@ -631,14 +708,13 @@ class ProviderClient:
                 "index-data has no balance: API key not accepted", http_status=200, raw=raw
             )
         try:
-            tiers = body.get("tiered_pricing") or []
             tiered = tuple(
-                TieredPrice(period=_req_int(t, "period"), price_sun=_req_int(t, "price"))
-                for t in tiers
+                TieredPrice(period=_req_int(t, "period"), price_sun=_req_sun(t, "price"))
+                for t in _opt_list(body, "tiered_pricing")
                 if isinstance(t, dict)
             )
             return IndexData(
-                balance_sun=_req_int(body, "balance"),
+                balance_sun=_req_sun(body, "balance"),
                 usdt_energy_need_old=_opt_int(body, "usdt_energy_need_old"),
                 usdt_energy_need_new=_opt_int(body, "usdt_energy_need_new"),
                 minimum_order_energy=_opt_int(body, "minimum_order_energy"),
@@ -646,8 +722,10 @@ class ProviderClient:
                 tiered_pricing=tiered,
                 raw=raw,
             )
-        except _BadField as exc:
-            raise UnexpectedAnswer(f"index-data answer malformed ({exc})", http_status=200, raw=raw) from None
+        except Exception as exc:  # _BadField, or any surprise: never a bare exception to the caller
+            raise UnexpectedAnswer(
+                f"index-data answer malformed ({self._why(exc)})", http_status=200, raw=raw
+            ) from None
 
     async def price(
         self, *, period: str = "1H", energy_amount: int | None = None, to_address: str | None = None
@@ -670,13 +748,15 @@ class ProviderClient:
             return PriceQuote(
                 period=_opt_str(body, "period"),
                 energy_amount=_opt_int(body, "energy_amount"),
-                price_sun=_opt_int(body, "price"),
-                total_price_sun=_req_int(body, "total_price"),
-                addition_sun=_opt_int(body, "addition") or 0,
+                price_sun=_opt_sun(body, "price"),
+                total_price_sun=_req_sun(body, "total_price"),
+                addition_sun=_opt_sun(body, "addition") or 0,
                 raw=raw,
             )
-        except _BadField as exc:
-            raise UnexpectedAnswer(f"price answer malformed ({exc})", http_status=200, raw=raw) from None
+        except Exception as exc:  # _BadField, or any surprise: never a bare exception to the caller
+            raise UnexpectedAnswer(
+                f"price answer malformed ({self._why(exc)})", http_status=200, raw=raw
+            ) from None
 
     def verify_callback(
         self,
@@ -752,7 +832,7 @@ class ProviderClient:
     def _errno_or_raise(self, body: Mapping[str, Any], answer: _Answer) -> int:
         try:
             errno = _errno(body)
-        except _BadField:
+        except Exception:  # _BadField (anything else would be a bug): no usable errno
             errno = None
         if errno is None:
             raise UnexpectedAnswer(
@@ -777,7 +857,7 @@ class ProviderClient:
         serial = _opt_str(body, "order_no") or _req_str(body, "serial")
         status_code = _req_int(body, "status")
         details: list[Delegation] = []
-        for item in body.get("details") or []:
+        for item in _opt_list(body, "details"):
             if not isinstance(item, dict):
                 continue
             details.append(
@@ -796,8 +876,8 @@ class ProviderClient:
             create_time=parse_provider_time(body.get("create_time")),
             energy_amount=_opt_int(body, "energy_amount"),
             delegated_energy=_opt_decimal(body, "pay_amount"),
-            amount_sun=_opt_int(body, "amount"),
-            refund_amount_sun=_opt_int(body, "refund_amount") or 0,
+            amount_sun=_opt_sun(body, "amount"),
+            refund_amount_sun=_opt_sun(body, "refund_amount") or 0,
             period=_opt_str(body, "period"),
             out_trade_no=_opt_str(body, "out_trade_no"),
             details=tuple(details),
@@ -807,11 +887,11 @@ class ProviderClient:
     # --- transport -------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in (self._api_key, self._api_secret):
-            value = secret.reveal()
-            if value:
-                text = text.replace(value, "***")
-        return text
+        return _scrub_secrets(text, self._api_key, self._api_secret)
+
+    def _why(self, exc: Exception) -> str:
+        """What went wrong reading an answer: a `_BadField`'s text (scrubbed), else only the type."""
+        return self._scrub(str(exc)) if isinstance(exc, _BadField) else f"unexpected {type(exc).__name__}"
 
     def _raw(self, text: str) -> str:
         return self._scrub(text)[:RAW_LIMIT]
@@ -830,6 +910,13 @@ class ProviderClient:
         text = response.text
         return _Answer(status=response.status_code, text=text, data=_parse_json(text))
 
+    def _bad_url(self, exc: Exception) -> ProviderUnavailable:
+        log.error("provider.bad_base_url", error=type(exc).__name__)
+        return ProviderUnavailable(
+            f"provider base URL {self._scrub(self.base_url)!r} is not usable ({type(exc).__name__}): "
+            "it must start with http:// or https://; a configuration error, not retried"
+        )
+
     async def _backoff(self, retry: int) -> None:
         await self._sleep(self.retry.delay(retry, self._rng))
 
@@ -840,6 +927,8 @@ class ProviderClient:
             headers = {"API-KEY": self._api_key.reveal()}
             try:
                 answer = await self._send("GET", path, params=params, headers=headers)
+            except _BAD_URL as exc:
+                raise self._bad_url(exc) from None
             except (httpx.TransportError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}"
                 log.warning("provider.get_failed", path=path, attempt=attempt, error=last)
@@ -868,6 +957,8 @@ class ProviderClient:
             }
             try:
                 answer = await self._send("POST", path, content=content, headers=headers)
+            except _BAD_URL as exc:
+                raise self._bad_url(exc) from None
             except _NEVER_SENT as exc:
                 last = type(exc).__name__
                 log.warning("provider.post_not_sent", path=path, attempt=attempt, error=last)
@@ -959,6 +1050,70 @@ def _header(headers: Mapping[str, str] | Iterable[tuple[str, str]], name: str) -
     return None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _JsonNumber(Decimal):
+    """A JSON number with a fraction or exponent: its exact value, and its literal text for re-serialising."""
+
+    __slots__ = ("literal",)
+    literal: str
+
+
+def _json_number(text: str) -> _JsonNumber:
+    number = _JsonNumber(text)
+    number.literal = text
+    return number
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey("duplicate key")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON")
+
+
+def _parse_callback_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity; fractional numbers as `_JsonNumber`.
+
+    Raises ValueError (or RecursionError) for anything else.
+    """
+    return json.loads(
+        body.decode("utf-8"),
+        object_pairs_hook=_unique_object,
+        parse_float=_json_number,
+        parse_constant=_reject_constant,
+    )
+
+
+def _canonical_dump(value: Any, item_separator: str, key_separator: str) -> str:
+    """What `json.dumps(value, sort_keys=True, separators=…)` gives for the signer's data.
+
+    Fractional numbers are written as they appeared in the body (Python's float repr on the
+    signer's side), so a body whose numbers differ from the signed text in any digit cannot match.
+    """
+    if isinstance(value, dict):
+        items = (
+            json.dumps(key) + key_separator + _canonical_dump(item, item_separator, key_separator)
+            for key, item in sorted(value.items())
+        )
+        return "{" + item_separator.join(items) + "}"
+    if isinstance(value, list):
+        return (
+            "[" + item_separator.join(_canonical_dump(v, item_separator, key_separator) for v in value) + "]"
+        )
+    if isinstance(value, _JsonNumber):
+        return value.literal
+    return json.dumps(value)  # str, int, bool, None
+
+
 def verify_callback(
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
     raw_body: bytes | str,
@@ -981,6 +1136,16 @@ def verify_callback(
         )
 
 
+def _body_bytes(raw_body: bytes | str) -> bytes:
+    if not isinstance(raw_body, str):
+        return bytes(raw_body)
+    try:
+        # A str decoded from bytes with surrogateescape gets its bytes back exactly.
+        return raw_body.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates: kept (and then not valid UTF-8 JSON)
+        return raw_body.encode("utf-8", "surrogatepass")
+
+
 def _verify_callback(
     headers: Mapping[str, str] | Iterable[tuple[str, str]],
     raw_body: bytes | str,
@@ -988,7 +1153,7 @@ def _verify_callback(
     max_age_seconds: int,
     now: datetime,
 ) -> ProviderCallback | CallbackRejected:
-    body_bytes = raw_body.encode("utf-8", "surrogateescape") if isinstance(raw_body, str) else bytes(raw_body)
+    body_bytes = _body_bytes(raw_body)
     timestamp_text = _header(headers, "TIMESTAMP")
     signature_text = _header(headers, "SIGNATURE")
     if not timestamp_text:
@@ -1009,24 +1174,28 @@ def _verify_callback(
         return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE is not 64 hex characters")
     provided_bytes = provided.encode("ascii")
 
-    # The candidate forms. Re-serialising needs the body as a JSON object.
+    # One parse of the body feeds both the re-serialised candidate forms and the fields returned,
+    # so the fields are exactly what a matching signature covered: no duplicate keys (which
+    # copy would the signer have meant?), no NaN/Infinity, and numbers kept as their literal text
+    # (a float parse would turn 12.50000000000000001 into 12.5 and let it match a signature over 12.5).
     candidates: list[tuple[SignedForm, bytes]] = [(SignedForm.RAW, body_bytes)]
     parsed: Any = None
+    parse_error = "signed body is not a JSON object"
     try:
-        parsed = json.loads(body_bytes.decode("utf-8"))
-    except (ValueError, RecursionError):
-        parsed = None
+        parsed = _parse_callback_json(body_bytes)
+    except _DuplicateKey:
+        parse_error = "signed body has a duplicate key"
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, NaN/Infinity, too deep
+        pass
     if isinstance(parsed, dict):
         try:
-            candidates.append(
-                (
-                    SignedForm.COMPACT_SORTED,
-                    json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode(),
-                )
-            )
-            candidates.append((SignedForm.DEFAULT_SORTED, json.dumps(parsed, sort_keys=True).encode()))
-        except (TypeError, ValueError, RecursionError):
+            compact = _canonical_dump(parsed, ",", ":").encode()
+            default = _canonical_dump(parsed, ", ", ": ").encode()
+        except RecursionError:
             pass
+        else:
+            candidates.append((SignedForm.COMPACT_SORTED, compact))
+            candidates.append((SignedForm.DEFAULT_SORTED, default))
 
     matched: SignedForm | None = None
     for form, candidate in candidates:
@@ -1038,9 +1207,8 @@ def _verify_callback(
         return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE does not match the body")
 
     if not isinstance(parsed, dict):
-        return CallbackRejected(RejectionReason.MALFORMED_BODY, "signed body is not a JSON object")
-    # Parse again with exact decimals for the typed view.
-    data = json.loads(body_bytes.decode("utf-8"), parse_float=Decimal)
+        return CallbackRejected(RejectionReason.MALFORMED_BODY, parse_error)
+    data: dict[str, Any] = parsed
     try:
         serial = _opt_str(data, "serial")
         out_trade_no = _opt_str(data, "out_trade_no")
@@ -1062,7 +1230,8 @@ def _verify_callback(
             raw_body=body_bytes,
         )
     except _BadField as exc:
-        return CallbackRejected(RejectionReason.MALFORMED_BODY, f"signed body has a bad field ({exc})")
+        detail = _scrub_secrets(str(exc), api_secret)
+        return CallbackRejected(RejectionReason.MALFORMED_BODY, f"signed body has a bad field ({detail})")
     if callback.serial is None and callback.out_trade_no is None:
         return CallbackRejected(RejectionReason.MALFORMED_BODY, "signed body names no serial or out_trade_no")
     return callback

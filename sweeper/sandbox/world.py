@@ -337,11 +337,6 @@ class World:
         except (KeyError, ValueError, TypeError) as exc:
             raise NodeRejection("OTHER_ERROR", f"cannot parse transaction: {type(exc).__name__}") from None
         signatures = [str(s) for s in tx.get("signature") or []]
-        size = len(
-            Transaction(
-                raw_data=proto_raw, signature=[bytes.fromhex(s) for s in signatures]
-            ).SerializeToString()
-        )
         with self.lock:
             if txid in self.transactions:
                 raise NodeRejection("DUP_TRANSACTION_ERROR", "Dup transaction.")
@@ -363,9 +358,12 @@ class World:
             owner = _addr(value["owner_address"])
             if not signatures:
                 raise NodeRejection("SIGERROR", "Validate signature error: miss sig or contract")
+            signature_bytes: list[bytes] = []
             try:
+                # Inside the try: a signature that is not even hex is a SIGERROR like any other.
+                signature_bytes = [bytes.fromhex(s) for s in signatures]
                 signer = (
-                    Signature.fromhex(signatures[0])
+                    Signature(signature_bytes[0])
                     .recover_public_key_from_msg_hash(bytes.fromhex(txid))
                     .to_base58check_address()
                 )
@@ -377,6 +375,7 @@ class World:
                     f"Validate signature error: {signatures[0][:16]}… is signed by {signer} but it is not "
                     f"contained of permission.",
                 )
+            size = len(Transaction(raw_data=proto_raw, signature=signature_bytes).SerializeToString())
             record = self._validate_contract(
                 txid,
                 raw,

@@ -77,16 +77,30 @@ def _readline(stream: IO[str], timeout: float) -> str:
     return stream.readline()
 
 
-def write_config(folder: Path, db_url: str, box: Sandbox, *, hd_count: int, **pipeline: int) -> Path:
+def write_config(
+    folder: Path,
+    db_url: str,
+    box: Sandbox,
+    *,
+    hd_count: int,
+    listen_port: int | None = None,
+    min_sweep: str = "10",
+    **pipeline: int,
+) -> Path:
+    """A config for the sandbox; with `listen_port`, the listener there receives the callbacks."""
+    provider = f'[provider]\nbase_url = "{box.provider_url}"'
+    if listen_port is not None:
+        provider += f'\ncallback_url = "http://127.0.0.1:{listen_port}/callback"'
+        provider += f'\n\n[callback]\nlisten = "127.0.0.1:{listen_port}"'
     lines = [
         f'[database]\nurl = "{db_url}"',
         f'[tron]\nnode_url = "{box.node_url}"\nrequests_per_second = 500',
-        f'[provider]\nbase_url = "{box.provider_url}"',
+        provider,
         f'[keys]\nsource = "mnemonic"\n[addresses]\nhd_indexes = "0-{hd_count - 1}"',
         f'[wallet]\ndestination = "{DESTINATION}"',
         "[schedule]\nscan_interval_seconds = 2\nwork_interval_seconds = 1",
         "[pipeline]\n" + "\n".join(f"{k} = {v}" for k, v in {"lease_seconds": 3, **pipeline}.items()),
-        '[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\ndecimals = 6\nmin_sweep = "10"',
+        f'[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\ndecimals = 6\nmin_sweep = "{min_sweep}"',
     ]
     path = folder / "sweeper.toml"
     path.write_text("\n\n".join(lines) + "\n")
@@ -128,6 +142,14 @@ def start_sweeper(config: Path, box: Sandbox, *args: str, log: Path | None = Non
         stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         text=True,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def kill9(proc: subprocess.Popen[str]) -> None:

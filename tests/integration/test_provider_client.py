@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -270,6 +271,9 @@ def test_post_timing_out_after_creation_is_outcome_unknown_and_query_finds_exact
                     sandbox.url, lambda c: c.collect_manual(DEPOSIT, out_trade_no="6"), timeouts=timeouts
                 )
             )
+        # The client gave up after 0.3 s; the sandbox may be slower than that to take the POST in.
+        # Held after creation: once it is held, the order exists.
+        sandbox.wait_until(lambda: sandbox.held_count == 1)
         assert sandbox.post_count == 1
         found = run(with_client(sandbox.url, lambda c: c.query_order(out_trade_no="6")))
         assert isinstance(found, Order)
@@ -304,6 +308,7 @@ def test_total_timeout_bounds_an_attempt_even_when_httpx_timeouts_are_generous(
 ) -> None:
     sandbox.hold_posts(HoldPoint.BEFORE_CREATE)
     timeouts = Timeouts(connect=30, read=30, write=30, pool=30, total=0.3)
+    started = time.monotonic()
     try:
         with pytest.raises(OrderOutcomeUnknown):
             run(
@@ -311,8 +316,11 @@ def test_total_timeout_bounds_an_attempt_even_when_httpx_timeouts_are_generous(
                     sandbox.url, lambda c: c.collect_manual(DEPOSIT, out_trade_no="8"), timeouts=timeouts
                 )
             )
+        elapsed = time.monotonic() - started
     finally:
         sandbox.release_posts()
+    # The total bound ended it, not httpx's 30 s read timeout.
+    assert elapsed < 5.0
     sandbox.wait_until(lambda: len(sandbox.orders_by_out_trade_no("8")) == 1)
 
 
@@ -441,6 +449,18 @@ def test_post_failure_after_sending_is_outcome_unknown_without_retry(
         httpx.Response(200, json={"serial": "s1"}),  # no errno
         httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": 1.5, "balance": 2}),  # fractional sun
         httpx.Response(200, json={"errno": 0, "amount": 1, "balance": 2}),  # no serial
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": "²", "balance": 2}),
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": "--5", "balance": 2}),
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": " 5", "balance": 2}),
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": "1e3", "balance": 2}),
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": "9" * 5000, "balance": 2}),
+        httpx.Response(
+            200, json={"errno": 0, "serial": "s1", "amount": -4_000_000, "balance": 2}
+        ),  # negative
+        httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": 1, "balance": "-2"}),
+        httpx.Response(200, json={"errno": 0, "serial": ["s1"], "amount": 1, "balance": 2}),
+        httpx.Response(200, text='{"errno": 0, "serial": "s1", "amount": 1e999999999, "balance": 2}'),
+        httpx.Response(200, json={"errno": "²", "serial": "s1", "amount": 1, "balance": 2}),
         httpx.Response(418, text="teapot"),
     ],
 )
@@ -455,6 +475,33 @@ def test_post_answers_that_cannot_be_read_are_outcome_unknown(response: httpx.Re
         run(using(mock_client(handler), lambda c: c.collect_manual(DEPOSIT, out_trade_no="13")))
     assert len(calls) == 1
     assert exc.value.raw is not None
+
+
+def test_an_accepted_order_whose_answer_breaks_the_parser_is_outcome_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a parser bug")
+
+    monkeypatch.setattr("sweeper.provider._req_sun", broken)
+    with pytest.raises(OrderOutcomeUnknown) as exc:
+        run(using(mock_client(ok_order), lambda c: c.collect_manual(DEPOSIT, out_trade_no="13")))
+    assert exc.value.errno == 0 and exc.value.raw is not None and '"serial":"s1"' in exc.value.raw
+    assert "KeyError" in str(exc.value)
+
+
+def test_unsupported_base_url_fails_at_once_without_retries() -> None:
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    for url in ("provider.example:443", "ftp://provider.example"):
+        for action in (lambda c: c.collect_manual(DEPOSIT, out_trade_no="9"), lambda c: c.index_data()):
+            with pytest.raises(ProviderUnavailable) as exc:
+                run(with_client(url, action, sleep=record))
+            assert "http:// or https://" in str(exc.value) and "configuration" in str(exc.value)
+    assert sleeps == []
 
 
 def test_refusal_when_the_balance_cannot_be_checked_is_unavailable_not_rejected() -> None:
@@ -547,6 +594,66 @@ def test_query_answers_are_parsed_defensively() -> None:
     assert isinstance(malformed, UnexpectedAnswer)
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": "²"},
+        {"status": "--5"},
+        {"status": " 40"},
+        {"status": 40, "amount": "1e3"},
+        {"status": 40, "amount": -1},
+        {"status": 40, "refund_amount": "-5"},
+        {"status": 40, "energy_amount": "١٢"},
+        {"status": 40, "pay_amount": "NaN"},
+        {"status": 40, "pay_amount": "1_0"},
+        {"status": 40, "details": 5},
+        {"status": 40, "details": "abc"},
+        {"status": 40, "details": [{"status": "²"}]},
+        {"status": 40, "receive_address": {"a": 1}},
+    ],
+)
+def test_odd_query_answers_are_unexpected_answers_never_bare_exceptions(answer: dict[str, Any]) -> None:
+    body = {"errno": 0, "order_no": "a", "receive_address": DEPOSIT, **answer}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=body)
+
+    with pytest.raises(UnexpectedAnswer) as exc:
+        run(using(mock_client(handler), lambda c: c.query_order(serial="a")))
+    assert exc.value.raw is not None
+
+
+def test_a_query_parser_bug_is_an_unexpected_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise TypeError("a parser bug")
+
+    monkeypatch.setattr(ProviderClient, "_parse_order", staticmethod(broken))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"errno": 0, "order_no": "a", "status": 40})
+
+    with pytest.raises(UnexpectedAnswer, match="TypeError"):
+        run(using(mock_client(handler), lambda c: c.query_order(serial="a")))
+
+
+def test_a_create_time_without_offset_is_read_as_china_time() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json={
+                "errno": 0,
+                "order_no": "a",
+                "receive_address": DEPOSIT,
+                "status": 40,
+                "create_time": "2024-05-01 12:00:00",
+            },
+        )
+
+    order = run(using(mock_client(handler), lambda c: c.query_order(serial="a")))
+    assert isinstance(order, Order)
+    assert order.create_time == datetime(2024, 5, 1, 4, 0, 0, tzinfo=UTC)
+
+
 def test_pay_amount_and_money_are_never_floats() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -605,3 +712,27 @@ def test_provider_echoing_the_key_is_scrubbed_from_raw_and_message() -> None:
         run(using(mock_client(handler), lambda c: c.collect_manual(DEPOSIT, out_trade_no="21")))
     assert_no_secrets(str(exc.value), exc.value.raw, exc.value.message)
     assert "***" in str(exc.value.raw)
+
+
+def test_not_found_message_and_raw_are_scrubbed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"errno": 404, "message": f"no order for {API_KEY} ({API_SECRET})"})
+
+    result = run(using(mock_client(handler), lambda c: c.query_order(out_trade_no="22")))
+    assert isinstance(result, OrderNotFound)
+    assert_no_secrets(result.message, result.raw, repr(result))
+    assert result.message == "no order for *** (***)"
+
+
+def test_malformed_field_texts_are_scrubbed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"errno": 0, "serial": "s1", "amount": API_KEY, "balance": 1})
+        return httpx.Response(200, json={"errno": 0, "order_no": "a", "status": API_SECRET})
+
+    with pytest.raises(OrderOutcomeUnknown) as post_exc:
+        run(using(mock_client(handler), lambda c: c.collect_manual(DEPOSIT, out_trade_no="23")))
+    with pytest.raises(UnexpectedAnswer) as get_exc:
+        run(using(mock_client(handler), lambda c: c.query_order(serial="a")))
+    for exc in (post_exc.value, get_exc.value):
+        assert_no_secrets(str(exc), exc.raw, exc.message)

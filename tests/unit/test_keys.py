@@ -119,3 +119,49 @@ def test_keyfile_errors_do_not_quote_key_material(tmp_path: Path) -> None:
     with pytest.raises(KeySourceError) as err:
         load_keyfile(path)
     assert DERIVED[0]["private_key"] not in str(err.value)
+
+
+def test_a_swapped_keyfile_entry_does_not_quote_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "swapped.json"
+    address, key = DERIVED[0]["address"], DERIVED[0]["private_key"]
+    path.write_text(json.dumps({key: address}))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeySourceError) as err:
+        load_keyfile(path)
+    shown = str(err.value)
+    assert "entry 1" in shown
+    # No recognisable piece of the key (nor the address) appears in the message.
+    for start in range(0, len(key) - 8 + 1):
+        assert key[start : start + 8] not in shown
+    assert address not in shown
+
+
+def test_a_keyfile_entry_with_a_bad_key_names_only_its_position(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    address, key = DERIVED[0]["address"], DERIVED[0]["private_key"]
+    path.write_text(json.dumps({address: key, DERIVED[1]["address"]: key[:-2] + " 0"}))
+    os.chmod(path, 0o600)
+    with pytest.raises(KeySourceError) as err:
+        load_keyfile(path)
+    assert "entry 2" in str(err.value)
+    assert key[:16] not in str(err.value) and DERIVED[1]["address"] not in str(err.value)
+
+
+def test_a_symlinked_keyfile_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "real.json"
+    target.write_text(json.dumps({DERIVED[0]["address"]: DERIVED[0]["private_key"]}))
+    os.chmod(target, 0o600)
+    link = tmp_path / "keys.json"
+    link.symlink_to(target)
+    with pytest.raises(KeySourceError, match="symbolic link"):
+        load_keyfile(link)
+    assert load_keyfile(target)[DERIVED[0]["address"]].reveal() == DERIVED[0]["private_key"]
+
+
+def test_a_keyfile_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeySourceError, match="not a regular file"):
+        load_keyfile(fifo)
+    with pytest.raises(KeySourceError, match="cannot read"):
+        load_keyfile(tmp_path / "missing.json")

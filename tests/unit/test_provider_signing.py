@@ -26,6 +26,11 @@ from sweeper.provider import (
     RejectionReason,
     RetryPolicy,
     SignedForm,
+    _BadField,
+    _opt_decimal,
+    _opt_int,
+    _req_int,
+    _verify_callback,
     canonical_json,
     parse_provider_time,
     sign,
@@ -161,12 +166,110 @@ def test_parse_provider_time_forms() -> None:
     assert parse_provider_time("2023-10-09T10:21:07.840478Z") == datetime(
         2023, 10, 9, 10, 21, 7, 840478, tzinfo=UTC
     )
-    assert parse_provider_time("2023-10-09 10:21:07") == datetime(2023, 10, 9, 10, 21, 7, tzinfo=UTC)
+    # No offset: China time (the earliest plausible reading), not UTC.
+    assert parse_provider_time("2023-10-09 10:21:07") == datetime(2023, 10, 9, 10, 21, 7, tzinfo=cst)
+    assert parse_provider_time("2023-10-09 10:21:07") == datetime(2023, 10, 9, 2, 21, 7, tzinfo=UTC)
     assert parse_provider_time(1686796826) == datetime.fromtimestamp(1686796826, UTC)
     assert parse_provider_time("1686796826") == datetime.fromtimestamp(1686796826, UTC)
+    assert parse_provider_time(Decimal("1686796826.5")) == datetime.fromtimestamp(1686796826, UTC)
     assert parse_provider_time("yesterday") is None
     assert parse_provider_time(None) is None
     assert parse_provider_time(True) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "²",
+        "¹²³",
+        "١٢٣",
+        " 5",
+        "--5",
+        "1e3",
+        "9" * 5000,
+        Decimal("1e999999999"),
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+        Decimal("sNaN"),
+        10**400,
+        -(10**400),
+        "2023-13-45T99:00:00",
+        [],
+        {},
+        object(),
+    ],
+)
+def test_parse_provider_time_never_raises_on_odd_input(value: object) -> None:
+    assert parse_provider_time(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "²",
+        "¹²³",
+        "١٢٣",
+        "--5",
+        "-",
+        "1e3",
+        " 5",
+        "5 ",
+        "+5",
+        "1_000",
+        "0x10",
+        "5.0",
+        "",
+        "9" * 5000,
+        Decimal("1.5"),
+        Decimal("NaN"),
+        Decimal("sNaN"),
+        Decimal("Infinity"),
+        Decimal("1e999999999"),
+        10**400,
+        True,
+        [],
+        {},
+        1.0,
+    ],
+)
+def test_integer_fields_raise_only_bad_field(value: object) -> None:
+    if value == "":
+        assert _opt_int({"n": value}, "n") is None
+        with pytest.raises(_BadField):
+            _req_int({"n": value}, "n")
+        return
+    with pytest.raises(_BadField):
+        _opt_int({"n": value}, "n")
+    with pytest.raises(_BadField):
+        _req_int({"n": value}, "n")
+
+
+def test_integer_and_money_fields() -> None:
+    assert _opt_int({"n": "-5"}, "n") == -5
+    assert _opt_int({"n": "0042"}, "n") == 42
+    assert _opt_int({"n": Decimal("1E+3")}, "n") == 1000  # a JSON number 1e3 is a whole number
+    assert _opt_int({"n": 7}, "n") == 7
+    assert _opt_int({}, "n") is None
+    for value in (-1, "-1", Decimal("-1")):
+        with pytest.raises(_BadField, match="negative"):
+            _req_int({"amount": value}, "amount", non_negative=True)
+    assert _req_int({"amount": 0}, "amount", non_negative=True) == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["²", "١.٥", " 5", "1e3", "1_0", "NaN", "Infinity", "-", ".5", "5.", Decimal("NaN"), True, [], "9" * 500],
+)
+def test_decimal_fields_raise_only_bad_field(value: object) -> None:
+    with pytest.raises(_BadField):
+        _opt_decimal({"x": value}, "x")
+
+
+def test_decimal_fields() -> None:
+    assert _opt_decimal({"x": "12.50"}, "x") == Decimal("12.50")
+    assert _opt_decimal({"x": "-3"}, "x") == Decimal(-3)
+    assert _opt_decimal({"x": Decimal("1e-5")}, "x") == Decimal("0.00001")
+    assert _opt_decimal({"x": 4}, "x") == Decimal(4)
 
 
 def test_retry_delays_grow_with_jitter_within_bounds() -> None:
@@ -343,12 +446,123 @@ def test_rejection_details_never_contain_the_secret() -> None:
         assert SECRET.reveal() not in repr(result)
 
 
-# --- fuzzing -----------------------------------------------------------------------------------
+# --- one parse: what is returned is what was signed ------------------------------------------
 
-_header_values = st.one_of(st.text(max_size=80), st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True))
+
+def test_extra_decimal_digits_do_not_match_a_signature_over_the_rounded_number() -> None:
+    signed = canonical_json({**CALLBACK, "pay_amount": 12.5})
+    assert '"pay_amount":12.5,' in signed
+    # Same float value, different number: a float parse would re-serialise it to 12.5 and accept.
+    sent = signed.replace('"pay_amount":12.5,', '"pay_amount":12.50000000000000001,')
+    assert float(json.loads(sent)["pay_amount"]) == 12.5
+    assert _rejected(_verify(_headers(signed), sent)) is RejectionReason.BAD_SIGNATURE
+    pretty = json.dumps(json.loads(signed), indent=2).replace("12.5", "12.500")
+    assert _rejected(_verify(_headers(signed), pretty)) is RejectionReason.BAD_SIGNATURE
+    # The number as signed is accepted, in any layout, and returned exactly.
+    cb = _accepted(_verify(_headers(signed), json.dumps(json.loads(signed), indent=2)))
+    assert cb.delegated_energy == Decimal("12.5")
+
+
+def test_numbers_keep_their_literal_text_in_the_canonical_forms() -> None:
+    data = {**CALLBACK, "pay_amount": 1e-05, "energy_amount": 32000, "extra": [1.0, -0.0, 1e16]}
+    for signed, form in [
+        (json.dumps(data, sort_keys=True, separators=(",", ":")), SignedForm.COMPACT_SORTED),
+        (json.dumps(data, sort_keys=True), SignedForm.DEFAULT_SORTED),
+    ]:
+        cb = _accepted(_verify(_headers(signed), json.dumps(data, indent=1)))
+        assert cb.signed_form is form
+        assert cb.delegated_energy == Decimal("0.00001")
+
+
+def test_a_body_with_duplicate_keys_never_verifies() -> None:
+    signed = canonical_json(CALLBACK)  # status 40
+    # Two "status" keys: a last-wins parse re-serialises to exactly the signed form.
+    sent = signed.replace('"status":40', '"status":41,"status":40')
+    assert json.loads(sent) == json.loads(signed)
+    assert _rejected(_verify(_headers(signed), sent)) is RejectionReason.BAD_SIGNATURE
+    # Even when the signature covers the raw bytes, which copy was meant is unknown: refused.
+    result = _verify(_headers(sent), sent)
+    assert _rejected(result) is RejectionReason.MALFORMED_BODY
+    assert isinstance(result, CallbackRejected) and "duplicate" in result.detail
+    nested = signed.replace('"type":"energy"', '"type":"energy","meta":{"a":1,"a":2}')
+    assert _rejected(_verify(_headers(nested), nested)) is RejectionReason.MALFORMED_BODY
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_body_with_nan_or_infinity_never_verifies(constant: str) -> None:
+    signed = canonical_json(CALLBACK)
+    sent = signed.replace('"energy_amount":32000', f'"energy_amount":{constant}')
+    assert _rejected(_verify(_headers(sent), sent)) is RejectionReason.MALFORMED_BODY
+    # Signed over the sorted form (which Python's json would write with the constant), sent pretty:
+    # the body cannot be parsed, so no sorted form is ever built from it.
+    pretty = json.dumps(json.loads(sent), indent=2)
+    assert _rejected(_verify(_headers(sent), pretty)) is RejectionReason.BAD_SIGNATURE
+
+
+def test_odd_numeric_fields_in_a_signed_body_are_malformed_not_errors() -> None:
+    for field, value in [("status", "²"), ("status", "--5"), ("energy_amount", "1e3"), ("pay_amount", "١")]:
+        body = canonical_json({**CALLBACK, field: value})
+        result = _verify_callback(_headers(body), body, SECRET, 300, NOW)  # the inner function: no catch-all
+        assert _rejected(result) is RejectionReason.MALFORMED_BODY, (field, value)
+        assert isinstance(result, CallbackRejected) and field in result.detail
+
+
+def test_the_outer_verify_turns_an_internal_error_into_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr("sweeper.provider._verify_callback", broken)
+    body = canonical_json(CALLBACK)
+    result = _verify(_headers(body), body)
+    assert _rejected(result) is RejectionReason.MALFORMED_BODY
+    assert isinstance(result, CallbackRejected) and result.detail == CATCH_ALL_DETAIL.format(
+        "ZeroDivisionError"
+    )
+
+
+# --- fuzzing -----------------------------------------------------------------------------------
+# The fuzz tests call the inner `_verify_callback`, which has no catch-all: an internal error
+# (a parser raising something other than _BadField …) fails them instead of passing as a rejection.
+
+CATCH_ALL_DETAIL = "unverifiable request ({})"
+CALLBACK_FIELDS = [
+    "serial",
+    "out_trade_no",
+    "status",
+    "type",
+    "source",
+    "receive_address",
+    "energy_amount",
+    "pay_amount",
+    "txid",
+    "active_hash",
+    "bandwidth_hash",
+]
+
+
+def _inner(headers: Any, body: bytes | str) -> ProviderCallback | CallbackRejected:
+    return _verify_callback(headers, body, SECRET, 300, NOW)
+
+
+_header_values = st.one_of(
+    st.text(max_size=80),
+    st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True),
+    st.sampled_from([TS, " " + TS, "²" * 3, "١٧٠٠", "-1", "9" * 13]),
+)
 _header_names = st.sampled_from(["TIMESTAMP", "SIGNATURE", "timestamp", "signature", "X-Other"])
+# Strings a careless number parser trips on: unicode digits, signs, exponents, spaces, underscores.
+_numberish = st.one_of(
+    st.text(alphabet="0123456789-+.eE _²³١٢", min_size=1, max_size=6),
+    st.sampled_from(["²", "-²", "¹²", " 5", "5 ", "--5", "1e3", "١٢", "1_0", "NaN", "-", "9" * 5000]),
+)
 _json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    _numberish,
 )
 _json = st.recursive(
     _json_leaf,
@@ -357,28 +571,47 @@ _json = st.recursive(
     ),
     max_leaves=12,
 )
+_keys = st.one_of(st.sampled_from(CALLBACK_FIELDS), st.text(max_size=10))
+# The fields the verifier reads, with values a careless parser trips on.
+_fields = st.dictionaries(st.sampled_from(CALLBACK_FIELDS), st.one_of(_numberish, _json_leaf), max_size=6)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     headers=st.dictionaries(_header_names, _header_values, max_size=3),
-    body=st.one_of(st.binary(max_size=200), st.text(max_size=200)),
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        # Lone surrogates (st.text never yields them): a str body need not be valid Unicode.
+        st.lists(st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=50).map("".join),
+    ),
 )
 def test_fuzz_garbage_never_raises(headers: dict[str, str], body: bytes | str) -> None:
-    result = _verify(headers, body)
+    result = _inner(headers, body)
     assert isinstance(result, ProviderCallback | CallbackRejected)
 
 
-@settings(max_examples=200, deadline=None)
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+@settings(max_examples=400, deadline=None)
 @given(
-    data=st.dictionaries(st.text(max_size=10), _json, max_size=6),
+    data=st.dictionaries(_keys, _json, max_size=8),
+    fields=_fields,
     form=st.sampled_from(["raw", "compact", "default"]),
     garble=st.booleans(),
 )
 def test_fuzz_signed_json_never_raises_and_is_accepted_only_when_signed(
-    data: dict[str, Any], form: str, garble: bool
+    data: dict[str, Any], fields: dict[str, Any], form: str, garble: bool
 ) -> None:
-    data = {**data, "serial": "s-1"}
+    data = {**data, **fields, "serial": "s-1"}
     sent = json.dumps(data)
     signed = {
         "raw": sent,
@@ -388,16 +621,33 @@ def test_fuzz_signed_json_never_raises_and_is_accepted_only_when_signed(
     headers = _headers(signed)
     if garble:
         headers["SIGNATURE"] = ("0" if headers["SIGNATURE"][0] != "0" else "1") + headers["SIGNATURE"][1:]
-    result = _verify(headers, sent)
+    result = _inner(headers, sent)
     if garble:
         assert _rejected(result) is RejectionReason.BAD_SIGNATURE
+    elif _has_non_finite(data):
+        # NaN/Infinity are not JSON: never verified, whichever form was signed.
+        assert _rejected(result) in (RejectionReason.MALFORMED_BODY, RejectionReason.BAD_SIGNATURE)
+    elif isinstance(result, ProviderCallback):
+        # Signed correctly and accepted: the fields are the signed data's.
+        assert result.serial == "s-1"
+        forms = {
+            "raw": SignedForm.RAW,
+            "compact": SignedForm.COMPACT_SORTED,
+            "default": SignedForm.DEFAULT_SORTED,
+        }
+        assert result.signed_form is (SignedForm.RAW if signed == sent else forms[form])
+        if isinstance(data.get("status"), int) and not isinstance(data.get("status"), bool):
+            assert result.status is not None and int(result.status) == data["status"]
+        if isinstance(data.get("pay_amount"), float):
+            assert result.delegated_energy == Decimal(repr(data["pay_amount"]))
     else:
-        # Signed correctly: accepted, or rejected only because a field has an unusable type.
-        assert isinstance(result, ProviderCallback) or result.reason is RejectionReason.MALFORMED_BODY
+        # Rejected only because a field has an unusable value, and said so.
+        assert result.reason is RejectionReason.MALFORMED_BODY
+        assert result.detail.startswith("signed body has a bad field"), result.detail
 
 
 @settings(max_examples=100, deadline=None)
 @given(headers=st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=70)), max_size=4))
 def test_fuzz_byte_headers_never_raise(headers: list[tuple[bytes, bytes]]) -> None:
-    result = verify_callback(headers, b"{}", api_secret=SECRET, now=NOW)  # type: ignore[arg-type]
+    result = _inner(headers, b"{}")
     assert isinstance(result, CallbackRejected)

@@ -1,0 +1,418 @@
+"""`sweeper run`: scheduled detection, the sweep pipeline, and the callback listener, in one loop.
+
+One asyncio event loop (design.md, "How it runs"): APScheduler 3's AsyncIOScheduler runs the scan
+and work jobs (never two runs of one job at once, missed runs coalesced), uvicorn serves the
+listener in the same loop, and the ledger is called through `asyncio.to_thread`.
+
+Signals: SIGTERM/SIGINT stop claiming, let the step in flight finish (or cancel it after a grace
+period: every step is safe to re-run), release our leases and exit 0; SIGHUP reloads thresholds
+and the address list from the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import text
+
+from sweeper import notify
+from sweeper.chain import ChainError, TronChain
+from sweeper.clients import chain_from, provider_from
+from sweeper.config import ConfigError, Settings, load_settings
+from sweeper.domain import Clock, utcnow
+from sweeper.ledger import Ledger
+from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
+from sweeper.logs import configure_logging
+from sweeper.metrics import Metrics
+from sweeper.pipeline import Keys, Pipeline, PipelineOptions, worker_name
+from sweeper.provider import (
+    CallbackRejected,
+    ProviderAuthError,
+    ProviderCallback,
+    ProviderClient,
+    ProviderError,
+)
+from sweeper.scanner import ScanError, Scanner, sync_addresses
+
+log = structlog.get_logger("sweeper.daemon")
+
+STOP_GRACE_SECONDS = 8.0  # of the 10 s an operator (and systemd's TimeoutStopSec) may wait
+HOUSEKEEPING_SECONDS = 15.0
+SCAN_CONCURRENCY = 16
+
+
+class _SkipOverlapNotice(logging.Filter):
+    """Drop APScheduler's "skipped: maximum number of running instances" warning.
+
+    A work run that outlasts `work_interval_seconds` is normal (the run in flight keeps going until
+    nothing is due); not starting a second one is the design, not something for an operator to see
+    every few seconds in the journal.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
+
+
+class StartupError(Exception):
+    """The daemon cannot start (exit 2): the message says what to fix."""
+
+
+@dataclass
+class ProviderStatus:
+    reachable: bool = False
+    balance_sun: int | None = None
+    checked_at: datetime | None = None
+    error: str | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        *,
+        dry_run: bool = False,
+        clock: Clock = utcnow,
+        chain: TronChain | None = None,
+        provider: ProviderClient | None = None,
+        reload: Callable[[], Settings] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.dry_run = dry_run
+        self.now = clock
+        self.chain = chain or chain_from(settings)
+        self.provider = provider or provider_from(settings)
+        self._reload_settings = reload or (lambda: load_settings(self.settings.path))
+        self.worker_id = worker_name()
+        self.metrics = Metrics()
+        self.provider_status = ProviderStatus()
+        self.scanner = Scanner(ledger, self.chain, settings.tokens, concurrency=SCAN_CONCURRENCY)
+        self.pipeline = Pipeline(
+            ledger,
+            self.provider,
+            self.chain,
+            Keys.from_settings(settings, ledger),
+            PipelineOptions.from_settings(settings),
+            worker_id=self.worker_id,
+            clock=clock,
+            dry_run=dry_run,
+        )
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.stop_requested = asyncio.Event()
+        self.started = asyncio.Event()
+        self._stopping = False
+        self._job_tasks: set[asyncio.Task[Any]] = set()
+        self.started_at: datetime | None = None
+        self.last_scan_completed: datetime | None = None
+        self.last_scan_error: str | None = None
+        self._listener: Listener | None = None
+        self._work_running = False
+        self._work_again = False
+        self._watchdog_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, serve until a stop signal, stop cleanly. Returns the exit code (0)."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self.stop_requested.wait()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return 0
+
+    async def start(self) -> None:
+        await self._check_provider(startup=True)
+        added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
+        log.info("deposit addresses synced", added=added)
+        app = create_app(
+            verify=self._verify,
+            on_hint=self._on_hint,
+            health=self.health,
+            metrics=self.metrics,
+        )
+        try:
+            self._listener = await serve(app, self.settings.callback.host, self.settings.callback.port)
+        except ListenError as exc:
+            raise StartupError(f"[callback] listen = {self.settings.callback.listen!r}: {exc}") from None
+        # Its own task: the watchdog proves the loop is alive, independent of a slow job.
+        self._watchdog_task = asyncio.create_task(notify.watchdog_pinger(), name="sweeper-watchdog")
+        now = datetime.now(UTC)
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        self.scheduler.add_job(
+            self._job(self._scan_job),
+            "interval",
+            seconds=self.settings.schedule.scan_interval_seconds,
+            id="scan",
+            next_run_time=now,
+            **common,
+        )
+        self.scheduler.add_job(
+            self._job(self._work_job),
+            "interval",
+            seconds=self.settings.schedule.work_interval_seconds,
+            id="work",
+            next_run_time=now,
+            **common,
+        )
+        self.scheduler.add_job(
+            self._job(self._housekeeping_job),
+            "interval",
+            seconds=HOUSEKEEPING_SECONDS,
+            id="housekeeping",
+            next_run_time=now,
+            **common,
+        )
+        self.scheduler.start()
+        notify.ready()
+        self.started_at = self.now()
+        self.started.set()
+        log.info(
+            "sweeper running",
+            worker=self.worker_id,
+            listen=self.settings.callback.listen,
+            dry_run=self.dry_run,
+            destination=self.settings.wallet.destination,
+        )
+
+    def request_stop(self) -> None:
+        if not self.stop_requested.is_set():
+            log.info("stop requested: no new claims; finishing the steps in flight")
+            self._stopping = True
+            self.stop_requested.set()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        notify.stopping()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        pending = {t for t in self._job_tasks if not t.done()}
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
+            for task in still:  # a step past the grace period: cancel it; the row is re-run later
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+        released = await asyncio.to_thread(self.ledger.release_claims, self.worker_id)
+        if released:
+            log.info("leases released", sweeps=released)
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+        if self._listener is not None:
+            await self._listener.shutdown()
+        await self.chain.aclose()
+        await self.provider.aclose()
+        log.info("sweeper stopped")
+
+    def _job(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Wrap a job so shutdown can see (and if need be cancel) the run in flight."""
+
+        async def run() -> None:
+            if self._stopping:
+                return
+            task = asyncio.current_task()
+            if task is not None:
+                self._job_tasks.add(task)
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job failed", job=getattr(fn, "__name__", "?"))
+            finally:
+                if task is not None:
+                    self._job_tasks.discard(task)
+
+        run.__name__ = getattr(fn, "__name__", "job")
+        return run
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    async def _scan_job(self) -> None:
+        try:
+            report = await self.scanner.run_pass(dry_run=self.dry_run)
+        except (ChainError, ScanError) as exc:
+            self.metrics.node_errors.inc()
+            self.last_scan_error = str(exc)
+            log.warning("scan pass incomplete; it resumes next time", error=str(exc))
+            return
+        self.last_scan_completed = self.now()
+        self.last_scan_error = None
+        if self.dry_run:
+            for c in report.candidates:
+                log.info(
+                    "dry run: would queue a sweep", address=c.address, token=c.token.symbol, amount=c.amount
+                )
+        elif report.queued:
+            self.wake_worker()
+
+    async def _work_job(self) -> None:
+        self._work_running = True
+        try:
+            while not self._stopping:
+                self._work_again = False
+                if await self.pipeline.run_once() == 0 and not self._work_again:
+                    return
+        finally:
+            self._work_running = False
+
+    async def _housekeeping_job(self) -> None:
+        await self._check_provider(startup=False)
+        try:
+            snapshot = await asyncio.to_thread(
+                self.metrics.refresh_from_ledger,
+                self.ledger,
+                stuck_after_seconds=self.settings.pipeline.stuck_alert_seconds,
+                now=self.now(),
+            )
+        except Exception:
+            log.exception("metrics refresh failed")
+            snapshot = None
+        if snapshot is not None and snapshot.stuck.count:
+            log.error(
+                "ALERT: sweeps stuck in one state",
+                sweeps=snapshot.stuck.count,
+                longer_than_seconds=self.settings.pipeline.stuck_alert_seconds,
+                by_state=snapshot.stuck.by_state,
+                oldest=[f"#{s.id} {s.state} since {s.since.isoformat()}" for s in snapshot.stuck.oldest],
+            )
+        if self.last_scan_completed is not None:
+            self.metrics.detection_lag_seconds.set((self.now() - self.last_scan_completed).total_seconds())
+
+    async def _check_provider(self, *, startup: bool) -> None:
+        try:
+            data = await self.provider.index_data()
+        except ProviderAuthError as exc:
+            self.metrics.provider_errors.inc()
+            self.provider_status = ProviderStatus(False, None, self.now(), str(exc))
+            if startup:
+                raise StartupError(
+                    f"the provider refused our API key ({exc}); check provider.api_key_env "
+                    f"(${self.settings.provider.api_key_env})"
+                ) from None
+            log.error("ALERT: the provider refused our API key", error=str(exc))
+            return
+        except ProviderError as exc:
+            self.metrics.provider_errors.inc()
+            self.provider_status = ProviderStatus(False, None, self.now(), str(exc))
+            log.warning("provider unreachable", error=str(exc), startup=startup)
+            return
+        balance = data.balance_sun
+        self.provider_status = ProviderStatus(True, balance, self.now(), None)
+        if balance is not None:
+            self.metrics.provider_balance_sun.set(balance)
+        if startup:
+            log.info("provider account", balance_trx=None if balance is None else balance / 1_000_000)
+
+    # --- callbacks, health, reload ----------------------------------------------------------
+
+    def _verify(self, headers: Mapping[str, str], body: bytes) -> ProviderCallback | CallbackRejected:
+        return self.provider.verify_callback(
+            headers, body, max_age_seconds=self.settings.callback.max_age_seconds
+        )
+
+    async def _on_hint(self, callback: ProviderCallback) -> int | None:
+        """A verified callback makes its sweep due now; the worker re-queries the provider."""
+        sweep_id: int | None = None
+        if callback.out_trade_no and callback.out_trade_no.isdigit():
+            sweep_id = await asyncio.to_thread(self.ledger.hint, sweep_id=int(callback.out_trade_no))
+        if sweep_id is None and callback.serial:
+            sweep_id = await asyncio.to_thread(self.ledger.hint, serial=callback.serial)
+        log.info(
+            "provider callback", serial=callback.serial, out_trade_no=callback.out_trade_no, sweep_id=sweep_id
+        )
+        if sweep_id is not None:
+            self.wake_worker()
+        return sweep_id
+
+    def wake_worker(self) -> None:
+        if self._work_running:  # the run in flight takes one more turn instead of a second run
+            self._work_again = True
+            return
+        job = self.scheduler.get_job("work") if self.scheduler.running else None
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    async def health(self) -> HealthReport:
+        checks: dict[str, str] = {}
+        ok = True
+        try:
+            await asyncio.to_thread(self._ping_db)
+            checks["database"] = "ok"
+        except Exception as exc:
+            ok = False
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        limit = timedelta(seconds=3 * self.settings.schedule.scan_interval_seconds + 60)
+        if self.last_scan_completed is None:
+            checks["detection"] = "no pass completed yet" + (
+                f" ({self.last_scan_error})" if self.last_scan_error else ""
+            )
+            if self.started_at is not None and self.now() - self.started_at > limit:
+                ok = False
+        else:
+            age = self.now() - self.last_scan_completed
+            checks["detection"] = f"last pass {int(age.total_seconds())} s ago"
+            if age > limit:
+                ok = False
+        status = self.provider_status
+        if status.reachable:
+            checks["provider"] = "ok"
+        else:
+            ok = False
+            checks["provider"] = f"unreachable: {status.error}"
+        return HealthReport(ok=ok, checks=checks)
+
+    def _ping_db(self) -> None:
+        with self.ledger.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def reload(self) -> None:
+        """SIGHUP: new thresholds, address list and pipeline options; the rest needs a restart."""
+        try:
+            fresh = await asyncio.to_thread(self._reload_settings)
+        except ConfigError as exc:
+            log.error(
+                "reload refused: the config has problems; keeping the running one", problems=exc.problems
+            )
+            return
+        self.settings = replace(
+            self.settings,
+            tokens=fresh.tokens,
+            addresses=fresh.addresses,
+            pipeline=fresh.pipeline,
+            safety=fresh.safety,
+            keys=fresh.keys,
+        )
+        configure_logging(secrets=self.settings.secret_values())
+        self.scanner.tokens = fresh.tokens
+        self.pipeline.options = PipelineOptions.from_settings(self.settings)
+        self.pipeline.keys = Keys.from_settings(self.settings, self.ledger)
+        added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
+        log.info(
+            "config reloaded",
+            tokens={t.symbol: str(t.min_sweep) for t in fresh.tokens},
+            addresses_added=added,
+        )
+
+
+async def run_daemon(settings: Settings, ledger: Ledger, *, dry_run: bool = False) -> int:
+    daemon = Daemon(settings, ledger, dry_run=dry_run)
+    return await daemon.run()
