@@ -979,8 +979,7 @@ class TronChain:
             if solid.timestamp_ms >= expiration_ms + self._expiry_margin_ms:
                 # Behind a load balancer the two calls may reach different nodes: ask the full
                 # node too, which knows every transaction it has seen, solid or not.
-                known = await self._dict("wallet/gettransactionbyid", {"value": txid, "visible": False})
-                if known:
+                if await self.transaction_known(txid):
                     return TransferStatus(txid, TxState.PENDING)
                 return TransferStatus(txid, TxState.EXPIRED)
             return TransferStatus(txid, TxState.PENDING)
@@ -1003,6 +1002,11 @@ class TronChain:
             net_usage=_int(receipt, "net_usage"),
             transfers=tuple(decode_transfer_logs(info, token)) if not failed else (),
         )
+
+    async def transaction_known(self, txid: str) -> bool:
+        """Whether the full node has seen the transaction (in a block or in its pending pool)."""
+        known = await self._dict("wallet/gettransactionbyid", {"value": txid, "visible": False})
+        return bool(known)
 
     async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]:
         """All receipts of a solidified block (visible=false: log addresses are bare 20-byte hex)."""

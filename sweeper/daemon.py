@@ -44,7 +44,7 @@ from sweeper.scanner import ScanError, Scanner, sync_addresses
 
 log = structlog.get_logger("sweeper.daemon")
 
-STOP_GRACE_SECONDS = 8.0  # of the 10 s an operator (and systemd's TimeoutStopSec) may wait
+STOP_GRACE_SECONDS = 6.0  # of the 10 s an operator (and systemd) may wait; the rest is for closing down
 HOUSEKEEPING_SECONDS = 15.0
 SCAN_CONCURRENCY = 16
 
@@ -202,15 +202,20 @@ class Daemon:
     async def shutdown(self) -> None:
         self._stopping = True
         notify.stopping()
+        # Pause, not shut down, first: APScheduler's shutdown cancels the coroutine jobs in
+        # flight at once, and we want to give the step in flight its grace period.
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()
         pending = {t for t in self._job_tasks if not t.done()}
         if pending:
             _, still = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
             for task in still:  # a step past the grace period: cancel it; the row is re-run later
                 task.cancel()
             if still:
+                log.warning("steps still running after the grace period were cancelled; they re-run later")
                 await asyncio.wait(still, timeout=1.0)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         released = await asyncio.to_thread(self.ledger.release_claims, self.worker_id)
         if released:
             log.info("leases released", sweeps=released)
@@ -234,6 +239,8 @@ class Daemon:
             try:
                 await fn()
             except asyncio.CancelledError:
+                if self._stopping:  # our own cancel at shutdown: expected, the row re-runs later
+                    return
                 raise
             except Exception:
                 log.exception("job failed", job=getattr(fn, "__name__", "?"))

@@ -672,6 +672,17 @@ class Pipeline:
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
         if not check.ok:
+            # The usual reason once the energy was there: our own broadcast used it (a crash or a
+            # stop after sending, before recording). The node then knows the transaction; confirm
+            # it instead of waiting for its expiration to prove it.
+            try:
+                known = await self.chain.transaction_known(signed.txid)
+            except ChainError as exc:
+                return await self._retry_later(row, f"lookup of {signed.txid} failed: {exc}")
+            if known:
+                return await self._move(
+                    row, S.BROADCAST, f"transaction {signed.txid} already known to the node: it was broadcast"
+                )
             await self._release(
                 row, self.options.poll_min_seconds, "resources missing: " + "; ".join(check.reasons)
             )
