@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from sweeper.domain import SweepState
+from sweeper.ledger.queries import last_completed_scan
 from tests.e2e.harness import (
     DESTINATION,
     WALLET,
@@ -193,18 +194,20 @@ def test_sighup_picks_up_a_lowered_threshold(tmp_path: Path, sqlite_url: str) ->
     address = WALLET.address(0)
     with sandbox() as box:
         box.control.credit_usdt(address, 5_000_000)  # below the 10 USDT threshold
-        config, port = _start_daemon(tmp_path, sqlite_url, box, 1)
+        config, _ = _start_daemon(tmp_path, sqlite_url, box, 1)
         log = tmp_path / "daemon.log"
         daemon = start_sweeper(config, box, "run", log=log)
         ledger = ledger_for(sqlite_url)
         try:
             # Two completed passes under the old threshold: nothing is queued.
-            wait_until(
-                lambda: (r := _get(port, "/healthz")) is not None and "last pass" in r.text,
-                timeout=30,
-                what="a completed detection pass",
+            first = wait_until(
+                lambda: last_completed_scan(ledger.engine), timeout=30, what="a completed detection pass"
             )
-            time.sleep(2.5)  # one more scan interval: still nothing at 10 USDT
+            wait_until(
+                lambda: (t := last_completed_scan(ledger.engine)) is not None and t > first,
+                timeout=30,
+                what="a second completed detection pass",
+            )
             assert ledger.list_sweeps() == []
             config.write_text(config.read_text().replace('min_sweep = "10"', 'min_sweep = "1"'))
             daemon.send_signal(signal.SIGHUP)
