@@ -9,7 +9,8 @@ to every answer, over a world of N funded addresses. Printed:
    naive: sequential sync tronpy, a new `Tron` client and `get_contract(USDT).functions.balanceOf(a)`
    per address, on a sample -> addresses/s; and the ratio (target >= 20x).
 2. ours with `requests_per_second = 50`: the achieved request rate (target >= 90% of 50).
-3. peak RSS of a whole pass (a fresh process each) for 10,000 and 100,000 addresses (target <= 200 MB).
+3. client CPU per balance read (process time, sequential): ours vs tronpy's async contract call.
+4. peak RSS of a whole pass (a fresh process each) for 10,000 and 100,000 addresses (target <= 200 MB).
 """
 
 from __future__ import annotations
@@ -132,6 +133,33 @@ def naive_loop(node_url: str, sample: list[str]) -> float:
     return len(sample) / (time.perf_counter() - start)
 
 
+async def cpu_per_read(node_url: str, sample: list[str]) -> tuple[float, float]:
+    """Client CPU (ms, process time) per balance read: ours vs tronpy's own async contract call.
+
+    Sequential reads, so the figure is CPU per call, not per unit of wall time; both clients are
+    created and warmed (ABI fetched) before timing.
+    """
+    from tronpy import AsyncTron
+    from tronpy.providers.async_http import AsyncHTTPProvider
+
+    from sweeper.chain import TronChain
+
+    async with TronChain(node_url, requests_per_second=1e9, burst=1000) as chain:
+        await chain.token_balance(sample[0], USDT)
+        start = time.process_time()
+        for address in sample:
+            await chain.token_balance(address, USDT)
+        ours = (time.process_time() - start) * 1000 / len(sample)
+    async with AsyncTron(AsyncHTTPProvider(node_url, api_key="benchmark-key")) as client:
+        contract = await client.get_contract(USDT)
+        await contract.functions.balanceOf(sample[0])
+        start = time.process_time()
+        for address in sample:
+            await contract.functions.balanceOf(address)
+        theirs = (time.process_time() - start) * 1000 / len(sample)
+    return ours, theirs
+
+
 def rss_child(n: int, node_url: str, folder: Path) -> float:
     """Peak RSS (MB) of a fresh process that runs one whole pass over n addresses."""
     db_url = seeded_ledger(folder, n)
@@ -186,7 +214,12 @@ def main() -> None:
                 "(target >= 90%)"
             )
 
-            print("\n3. peak RSS of one whole pass (fresh process, node not included)")
+            ours_ms, tronpy_ms = asyncio.run(cpu_per_read(url, addresses(n_small)[: args.sample]))
+            print(f"\n3. client CPU per balance read ({args.sample} sequential reads, process time)")
+            print(f"ours (TronChain.token_balance): {ours_ms:.2f} ms")
+            print(f"tronpy AsyncTron contract.functions.balanceOf, client reused: {tronpy_ms:.2f} ms")
+
+            print("\n4. peak RSS of one whole pass (fresh process, node not included)")
             for n in (n_small, n_big):
                 print(f"{n:>8} addresses: {rss_child(n, url, folder):.0f} MB (target <= 200 MB)")
     finally:

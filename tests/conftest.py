@@ -21,7 +21,7 @@ from sweeper.ledger import Ledger, make_engine, upgrade
 POSTGRES_URL = os.environ.get("SWEEPER_TEST_POSTGRES_URL", "")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def require_postgres() -> str:

@@ -29,7 +29,7 @@ from sweeper.keys import HdWallet, KeyRing
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.world import USDT_MAINNET, World
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
 WALLET = HdWallet(Secret(VECTORS["mnemonic"]))
 DEPOSIT = VECTORS["derived"][0]["address"]

@@ -18,7 +18,7 @@ from sweeper.domain import address_to_hex
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER, USDT_MAINNET, World
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
 OWNER = VECTORS["derived"][0]["address"]
 OWNER_KEY = PrivateKey(bytes.fromhex(VECTORS["derived"][0]["private_key"]))

@@ -22,7 +22,7 @@ from sweeper.keys import (
     load_keyfile,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
 MNEMONIC = Secret(VECTORS["mnemonic"])
 DERIVED = VECTORS["derived"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -53,12 +52,7 @@ NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 TS = str(int(NOW.timestamp()))
 
 
-def _find_shared_fixture(name: str) -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "fixtures" / name
-        if candidate.is_file():
-            return candidate
-    return None
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 # --- request signing ---------------------------------------------------------------------------
@@ -70,11 +64,7 @@ def test_docs_known_answer_vector() -> None:
 
 
 def test_known_answer_vector_from_shared_fixture_file() -> None:
-    path = _find_shared_fixture("provider.json")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("shared/fixtures/provider.json not found beside the repository")
-        pytest.skip("shared/fixtures/provider.json not found beside the repository")
+    path = FIXTURES / "provider.json"
     vector = json.loads(path.read_text())["signing_vector"]
     assert sign(Secret(vector["secret"]), vector["timestamp"], vector["body"]) == vector["signature"]
     # The vector's body is exactly our canonical form of its own data.

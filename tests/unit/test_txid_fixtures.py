@@ -26,7 +26,7 @@ from sweeper.chain import (
 )
 from sweeper.domain import address_to_hex, hex_to_address
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 USDT_TX = json.loads((FIXTURES / "tron-usdt-transfer.json").read_text())
 TRX_TX = json.loads((FIXTURES / "tron-trx-transfer.json").read_text())
 USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
