@@ -223,6 +223,7 @@ class _NodeProvider(AsyncHTTPProvider):  # type: ignore[misc]  # tronpy is untyp
         self._sleep = sleep
         self._rng = random.Random()
         self.requests_sent = 0
+        self.requests_failed = 0  # transport errors, retryable and error statuses (for /metrics)
         self.retries = 0
 
     @property
@@ -245,12 +246,15 @@ class _NodeProvider(AsyncHTTPProvider):  # type: ignore[misc]  # tronpy is untyp
                     auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.TransportError as exc:  # connect/read/write errors and timeouts
+                self.requests_failed += 1
                 problem = f"{type(exc).__name__}: {str(exc)[:200]}"
             else:
                 if resp.status_code in policy.statuses:
+                    self.requests_failed += 1
                     problem = f"HTTP {resp.status_code}"
                     retry_after = _retry_after(resp)
                 elif resp.status_code >= 400:
+                    self.requests_failed += 1
                     raise ChainResponseError(f"{method}: HTTP {resp.status_code}")
                 else:
                     try:
@@ -683,6 +687,10 @@ class TronChain:
     @property
     def requests_sent(self) -> int:
         return int(self._provider.requests_sent)
+
+    @property
+    def requests_failed(self) -> int:
+        return int(self._provider.requests_failed)
 
     @property
     def retries(self) -> int:

@@ -168,6 +168,8 @@ def cmd_migrate(ctx: Context) -> int:
 
 def cmd_config_check(ctx: Context) -> int:
     settings = ctx.settings(secrets=True)
+    from sweeper.scanner import watched_address_problems
+
     problems = watched_address_problems(settings)
     if problems:
         raise ConfigError(problems)
@@ -178,27 +180,6 @@ def cmd_config_check(ctx: Context) -> int:
         ctx.out.write(f"# {settings.path}: OK (secrets masked)\n")
         ctx.out.write(render_toml(document))
     return EXIT_OK
-
-
-def watched_address_problems(settings: Settings) -> list[str]:
-    """The destination must not be one of the addresses we sweep from (derived ones included)."""
-    destination = settings.wallet.destination
-    if settings.keys.mnemonic is None or not settings.addresses.hd_indexes:
-        return []
-    from sweeper.keys import HdWallet, KeySourceError
-
-    try:
-        wallet = HdWallet(settings.keys.mnemonic)
-    except KeySourceError as exc:
-        return [f"{settings.path}: keys.mnemonic_env: ${settings.keys.mnemonic_env}: {exc}"]
-    for indexes in settings.addresses.hd_indexes:
-        for index in indexes:
-            if wallet.address(index) == destination:
-                return [
-                    f"{settings.path}: wallet.destination: {destination} is the deposit address at hd index "
-                    f"{index} (addresses.hd_indexes)"
-                ]
-    return []
 
 
 def render_toml(document: dict[str, Any]) -> str:
@@ -453,12 +434,12 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
     from sweeper.chain import ChainError
     from sweeper.clients import chain_from, provider_from
     from sweeper.provider import ProviderError
-    from sweeper.scanner import KeysDoNotMatchLedger, ScanError, Scanner, sync_addresses
+    from sweeper.scanner import AddressConfigProblem, ScanError, Scanner, sync_addresses
 
     dry_run = bool(ctx.args.dry_run)
     try:
         added = await asyncio.to_thread(sync_addresses, settings, ledger)
-    except KeysDoNotMatchLedger as exc:
+    except AddressConfigProblem as exc:
         raise UsageError(str(exc)) from None
     try:
         async with chain_from(settings) as chain:
@@ -556,6 +537,7 @@ def cmd_work(ctx: Context) -> int:
 def cmd_run(ctx: Context) -> int:
     from sweeper.daemon import StartupError, run_daemon
     from sweeper.ledger import LedgerLocked
+    from sweeper.scanner import watched_address_problems
     from sweeper.worker import ledger_lock
 
     settings = ctx.settings(secrets=True)

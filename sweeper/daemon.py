@@ -40,11 +40,12 @@ from sweeper.provider import (
     ProviderClient,
     ProviderError,
 )
-from sweeper.scanner import ScanError, Scanner, sync_addresses
+from sweeper.scanner import AddressConfigProblem, ScanError, Scanner, sync_addresses, watched_address_problems
 
 log = structlog.get_logger("sweeper.daemon")
 
 STOP_GRACE_SECONDS = 6.0  # of the 10 s an operator (and systemd) may wait; the rest is for closing down
+LISTENER_STOP_SECONDS = 3.0  # requests in flight (a callback, a health check) may finish meanwhile
 HOUSEKEEPING_SECONDS = 15.0
 SCAN_CONCURRENCY = 16
 
@@ -97,6 +98,7 @@ class Daemon:
         self._reload_settings = reload or (lambda: load_settings(self.settings.path))
         self.worker_id = worker_name()
         self.metrics = Metrics()
+        self.metrics.before_render.append(self._update_live_metrics)
         self.provider_status = ProviderStatus()
         self.scanner = Scanner(ledger, self.chain, settings.tokens, concurrency=SCAN_CONCURRENCY)
         self.pipeline = Pipeline(
@@ -120,6 +122,8 @@ class Daemon:
         self._listener: Listener | None = None
         self._work_running = False
         self._work_again = False
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._watchdog_task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -129,7 +133,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
             await self.stop_requested.wait()
@@ -141,7 +145,10 @@ class Daemon:
 
     async def start(self) -> None:
         await self._check_provider(startup=True)
-        added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
+        try:
+            added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
+        except AddressConfigProblem as exc:
+            raise StartupError(str(exc)) from None
         log.info("deposit addresses synced", added=added)
         app = create_app(
             verify=self._verify,
@@ -206,6 +213,13 @@ class Daemon:
         # flight at once, and we want to give the step in flight its grace period.
         if self.scheduler.running:
             self.scheduler.pause()
+        self.pipeline.stopping = True  # the step in flight finishes; no next step is taken
+        # The listener stops alongside (not after) the grace period: all of it within 10 s.
+        listener_stopped = (
+            asyncio.create_task(self._listener.shutdown(timeout=LISTENER_STOP_SECONDS))
+            if self._listener is not None
+            else None
+        )
         pending = {t for t in self._job_tasks if not t.done()}
         if pending:
             _, still = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
@@ -221,8 +235,8 @@ class Daemon:
             log.info("leases released", sweeps=released)
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
-        if self._listener is not None:
-            await self._listener.shutdown()
+        if listener_stopped is not None:
+            await listener_stopped
         await self.chain.aclose()
         await self.provider.aclose()
         log.info("sweeper stopped")
@@ -257,7 +271,6 @@ class Daemon:
         try:
             report = await self.scanner.run_pass(dry_run=self.dry_run)
         except (ChainError, ScanError) as exc:
-            self.metrics.node_errors.inc()
             self.last_scan_error = str(exc)
             log.warning("scan pass incomplete; it resumes next time", error=str(exc))
             return
@@ -301,15 +314,18 @@ class Daemon:
                 by_state=snapshot.stuck.by_state,
                 oldest=[f"#{s.id} {s.state} since {s.since.isoformat()}" for s in snapshot.stuck.oldest],
             )
+
+    def _update_live_metrics(self) -> None:
+        self.metrics.count_up_to(self.metrics.node_errors, self.chain.requests_failed)
+        self.metrics.count_up_to(self.metrics.provider_errors, self.provider.requests_failed)
         if self.last_scan_completed is not None:
-            self.metrics.detection_lag_seconds.set((self.now() - self.last_scan_completed).total_seconds())
+            self.metrics.set_detection_lag(self.last_scan_completed, self.now())
 
     async def _check_provider(self, *, startup: bool) -> None:
         try:
             data = await self.provider.index_data()
         except ProviderAuthError as exc:
-            self.metrics.provider_errors.inc()
-            self.provider_status = ProviderStatus(False, None, self.now(), str(exc))
+            self.provider_status = ProviderStatus(False, None, self.now(), "API key refused (see the log)")
             if startup:
                 raise StartupError(
                     f"the provider refused our API key ({exc}); check provider.api_key_env "
@@ -318,8 +334,7 @@ class Daemon:
             log.error("ALERT: the provider refused our API key", error=str(exc))
             return
         except ProviderError as exc:
-            self.metrics.provider_errors.inc()
-            self.provider_status = ProviderStatus(False, None, self.now(), str(exc))
+            self.provider_status = ProviderStatus(False, None, self.now(), "unreachable (see the log)")
             log.warning("provider unreachable", error=str(exc), startup=startup)
             return
         balance = data.balance_sun
@@ -339,6 +354,9 @@ class Daemon:
     async def _on_hint(self, callback: ProviderCallback) -> int | None:
         """A verified callback makes its sweep due now; the worker re-queries the provider."""
         sweep_id: int | None = None
+        if self.dry_run:  # a dry run changes no sweep, not even its due time
+            log.info("dry run: provider callback received", serial=callback.serial)
+            return None
         if callback.out_trade_no and callback.out_trade_no.isdigit():
             sweep_id = await asyncio.to_thread(self.ledger.hint, sweep_id=int(callback.out_trade_no))
         if sweep_id is None and callback.serial:
@@ -369,8 +387,9 @@ class Daemon:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         limit = timedelta(seconds=3 * self.settings.schedule.scan_interval_seconds + 60)
         if self.last_scan_completed is None:
+            # Reasons only, no error texts: /healthz answers anyone who can reach it (details: the log).
             checks["detection"] = "no pass completed yet" + (
-                f" ({self.last_scan_error})" if self.last_scan_error else ""
+                " (the last attempt failed; see the log)" if self.last_scan_error else ""
             )
             if self.started_at is not None and self.now() - self.started_at > limit:
                 ok = False
@@ -384,7 +403,7 @@ class Daemon:
             checks["provider"] = "ok"
         else:
             ok = False
-            checks["provider"] = f"unreachable: {status.error}"
+            checks["provider"] = status.error or "not checked yet"
         return HealthReport(ok=ok, checks=checks)
 
     def _ping_db(self) -> None:
@@ -392,32 +411,49 @@ class Daemon:
             conn.execute(text("SELECT 1"))
 
     async def reload(self) -> None:
-        """SIGHUP: new thresholds, address list and pipeline options; the rest needs a restart."""
-        try:
-            fresh = await asyncio.to_thread(self._reload_settings)
-        except ConfigError as exc:
-            log.error(
-                "reload refused: the config has problems; keeping the running one", problems=exc.problems
+        """SIGHUP: new thresholds, address list, pipeline and safety options, keys; the rest needs a
+        restart. Everything is built and checked before anything is swapped in: a reload either
+        applies whole or is refused with the running config kept."""
+        async with self._reload_lock:
+            try:
+                fresh = await asyncio.to_thread(self._reload_settings)
+                merged = replace(
+                    self.settings,
+                    tokens=fresh.tokens,
+                    addresses=fresh.addresses,
+                    pipeline=fresh.pipeline,
+                    safety=fresh.safety,
+                    keys=fresh.keys,
+                )
+                problems = await asyncio.to_thread(watched_address_problems, merged)
+                if problems:
+                    raise ConfigError(problems)
+                options = PipelineOptions.from_settings(merged)
+                keys = Keys.from_settings(merged, self.ledger)
+                added = await asyncio.to_thread(sync_addresses, merged, self.ledger)
+            except ConfigError as exc:
+                log.error(
+                    "reload refused: the config has problems; keeping the running one", problems=exc.problems
+                )
+                return
+            except Exception as exc:
+                log.error("reload refused; keeping the running config", error=f"{type(exc).__name__}: {exc}")
+                return
+            self.settings = merged
+            configure_logging(secrets=merged.secret_values())
+            self.scanner.tokens = merged.tokens
+            self.pipeline.options = options
+            self.pipeline.keys = keys
+            log.info(
+                "config reloaded",
+                tokens={t.symbol: str(t.min_sweep) for t in merged.tokens},
+                addresses_added=added,
             )
-            return
-        self.settings = replace(
-            self.settings,
-            tokens=fresh.tokens,
-            addresses=fresh.addresses,
-            pipeline=fresh.pipeline,
-            safety=fresh.safety,
-            keys=fresh.keys,
-        )
-        configure_logging(secrets=self.settings.secret_values())
-        self.scanner.tokens = fresh.tokens
-        self.pipeline.options = PipelineOptions.from_settings(self.settings)
-        self.pipeline.keys = Keys.from_settings(self.settings, self.ledger)
-        added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
-        log.info(
-            "config reloaded",
-            tokens={t.symbol: str(t.min_sweep) for t in fresh.tokens},
-            addresses_added=added,
-        )
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="sweeper-reload")
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
 
 
 async def run_daemon(settings: Settings, ledger: Ledger, *, dry_run: bool = False) -> int:

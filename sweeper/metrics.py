@@ -9,6 +9,7 @@ agree with `sweeper stats`; only errors and callbacks are counted in process.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -66,10 +67,14 @@ class Metrics:
             registry=r,
         )
         self.node_errors = Counter(
-            "sweeper_node_errors", "Failed TRON node requests or scan passes", registry=r
+            "sweeper_node_errors",
+            "Failed TRON node requests (transport errors and error statuses)",
+            registry=r,
         )
         self.provider_errors = Counter(
-            "sweeper_provider_errors", "Failed energy provider requests", registry=r
+            "sweeper_provider_errors",
+            "Failed energy provider requests (transport errors, 5xx and 429 answers)",
+            registry=r,
         )
         self.callbacks = Counter(
             "sweeper_callbacks",
@@ -92,6 +97,10 @@ class Metrics:
             self.sweeps.labels(state=state.value).set(0)
         self.stuck_count = 0
         self.last_snapshot: LedgerSnapshot | None = None
+        # Cheap, non-blocking updates run at every scrape (error counters, detection lag), so
+        # /metrics is current without waiting for the next housekeeping run.
+        self.before_render: list[Callable[[], None]] = []
+        self._counted: dict[int, int] = {}
 
     # --- updates ----------------------------------------------------------------------------
 
@@ -126,4 +135,13 @@ class Metrics:
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (`CONTENT_TYPE`)."""
+        for update in self.before_render:
+            update()
         return generate_latest(self.registry)
+
+    def count_up_to(self, counter: Counter, total: int) -> None:
+        """Raise `counter` to `total` (a running count kept elsewhere); counters never go down."""
+        current = self._counted.get(id(counter), 0)
+        if total > current:
+            counter.inc(total - current)
+            self._counted[id(counter)] = total

@@ -169,6 +169,7 @@ class Pipeline:
         self._last_pause_alert: float = 0.0
         self._price_cache: tuple[float, int] | None = None
         self.steps_done = 0
+        self.stopping = False  # set by the daemon on SIGTERM: finish the current step, take no next one
         self._consecutive_rejections = 0
 
     # --- driving ----------------------------------------------------------------------------
@@ -257,6 +258,9 @@ class Pipeline:
                     return
                 row = await asyncio.to_thread(self.ledger.get_sweep, row.id)
                 if row.is_final or row.claimed_by != self.worker_id:
+                    return
+                if self.stopping:  # shutting down: the row waits for the next run, step done
+                    await self._release(row, None)
                     return
         except _LostClaim:
             log.warning("lease lost; another worker has the row", sweep_id=row.id)
@@ -379,6 +383,9 @@ class Pipeline:
             )
 
         # 2. Nothing ordered yet: is the sweep still worth it, and can we sign for it?
+        if row.address == self.options.destination:
+            # E.g. imported by hand: moving the destination into itself only burns rented energy.
+            return await self._move(row, S.CANCELLED, "the deposit address is the destination wallet")
         token = self._token(row)
         try:
             balance = await self.chain.token_balance(row.address, row.token_contract)

@@ -565,6 +565,7 @@ class ProviderClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # jitter only; not security-relevant
+        self.requests_failed = 0  # transport errors, 5xx and 429 answers (for /metrics)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=transport, timeout=self.timeouts.as_httpx(), follow_redirects=False
@@ -903,10 +904,16 @@ class ProviderClient:
         return str(int(self._clock().timestamp()))
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> _Answer:
-        async with asyncio.timeout(self.timeouts.total):
-            response = await self._http.request(
-                method, self._url(path), timeout=self.timeouts.as_httpx(), **kwargs
-            )
+        try:
+            async with asyncio.timeout(self.timeouts.total):
+                response = await self._http.request(
+                    method, self._url(path), timeout=self.timeouts.as_httpx(), **kwargs
+                )
+        except Exception:
+            self.requests_failed += 1
+            raise
+        if response.status_code >= 500 or response.status_code == 429:
+            self.requests_failed += 1
         text = response.text
         return _Answer(status=response.status_code, text=text, data=_parse_json(text))
 

@@ -34,8 +34,33 @@ class ScanError(Exception):
     """A pass that could not read every address; progress stops before the failed page."""
 
 
-class KeysDoNotMatchLedger(Exception):
+class AddressConfigProblem(Exception):
+    """The configured deposit addresses cannot be used as they are (exit 2 on the command line)."""
+
+
+class KeysDoNotMatchLedger(AddressConfigProblem):
     """The mnemonic derives other addresses than the ledger holds for the same hd indexes."""
+
+
+def watched_address_problems(settings: Settings) -> list[str]:
+    """The destination must not be one of the addresses we sweep from (derived ones included)."""
+    destination = settings.wallet.destination
+    if settings.keys.mnemonic is None or not settings.addresses.hd_indexes:
+        return []
+    from sweeper.keys import KeySourceError
+
+    try:
+        wallet = HdWallet(settings.keys.mnemonic)
+    except KeySourceError as exc:
+        return [f"{settings.path}: keys.mnemonic_env: ${settings.keys.mnemonic_env}: {exc}"]
+    for indexes in settings.addresses.hd_indexes:
+        for index in indexes:
+            if wallet.address(index) == destination:
+                return [
+                    f"{settings.path}: wallet.destination: {destination} is the deposit address at hd index "
+                    f"{index} (addresses.hd_indexes)"
+                ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -90,9 +115,20 @@ def configured_addresses(settings: Settings, ledger: Ledger, *, batch: int = 100
         yield NewAddress(address, "keyfile")
 
 
+def _not_the_destination(settings: Settings, addresses: Iterator[NewAddress]) -> Iterator[NewAddress]:
+    # Sweeping the destination into itself would rent energy on every pass, forever.
+    for new in addresses:
+        if new.address == settings.wallet.destination:
+            raise AddressConfigProblem(
+                f"{settings.path}: wallet.destination: {new.address} is also a configured deposit address"
+                f" ({new.source}); refusing to watch it"
+            )
+        yield new
+
+
 def sync_addresses(settings: Settings, ledger: Ledger) -> int:
     """Upsert the configured deposit addresses; returns how many were new."""
-    added = ledger.upsert_addresses(configured_addresses(settings, ledger))
+    added = ledger.upsert_addresses(_not_the_destination(settings, configured_addresses(settings, ledger)))
     if added:
         log.info("deposit addresses added", added=added)
     return added

@@ -132,6 +132,16 @@ def test_balance_below_threshold_at_ordering_time_cancels_without_ordering(env: 
     assert env.provider.post_count == 0
 
 
+def test_a_sweep_of_the_destination_itself_is_cancelled_without_ordering(env: Env) -> None:
+    env.world.credit_token(USDT, DESTINATION, 30_000_000)
+    env.ledger.upsert_addresses([NewAddress(DESTINATION, "import")])  # e.g. imported by mistake
+    sweep_id = env.queue(DESTINATION)
+    asyncio.run(env.run())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CANCELLED and "is the destination" in env.ledger.events(sweep_id)[-1].reason
+    assert env.provider.post_count == 0 and env.world.token_balance(USDT, DESTINATION) == 30_000_000
+
+
 def test_existing_order_for_the_row_is_adopted_not_reordered(env: Env) -> None:
     a = env.fund(0, 20_000_000)
     sweep_id = env.queue(a)
