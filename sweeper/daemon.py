@@ -12,6 +12,7 @@ and the address list from the config file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -134,10 +135,22 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        # A stop signal during start-up (the provider check retries, the address sync) is
+        # honoured at once rather than after start-up completes.
+        starting = asyncio.create_task(self.start(), name="sweeper-start")
+        stopping = asyncio.create_task(self.stop_requested.wait(), name="sweeper-stop-wait")
         try:
-            await self.start()
-            await self.stop_requested.wait()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stop requested during start-up")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            else:
+                starting.result()  # StartupError and the like propagate
+                await stopping
         finally:
+            stopping.cancel()
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

@@ -295,3 +295,28 @@ def test_dry_run_daemon_queues_orders_and_sends_nothing(tmp_path: Path, sqlite_u
         assert box.control.orders() == [] and box.control.transactions() == []
         assert box.control.usdt_balance(WALLET.address(0)) == 50_000_000
         ledger.engine.dispose()
+
+
+def test_sigterm_during_startup_exits_0_at_once(tmp_path: Path, sqlite_url: str) -> None:
+    """A provider that accepts the connection and never answers holds start-up; SIGTERM ends it."""
+    with sandbox() as box, socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(30)
+        config, _ = _start_daemon(tmp_path, sqlite_url, box, 1)
+        config.write_text(
+            config.read_text().replace(box.provider_url, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        )
+        log = tmp_path / "daemon.log"
+        daemon = start_sweeper(config, box, "run", log=log)
+        try:
+            held, _ = silent.accept()  # the daemon's provider check is now waiting for an answer
+            with held:
+                code, took = _stop(daemon)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(10)
+        assert code == 0, _log(log)[-3000:]
+        assert took < 5, f"stopped in {took:.1f} s"
+        assert "Traceback" not in _log(log)
