@@ -444,7 +444,7 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
     try:
         async with chain_from(settings) as chain:
             report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
-                dry_run=dry_run
+                dry_run=dry_run, keep_candidates=True
             )
     except (ChainError, ScanError) as exc:
         raise RuntimeFailure(f"scan incomplete: {exc}") from None
@@ -464,6 +464,7 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
             "amount": format_units(c.amount, c.token.decimals),
             "energy_price_sun": price_sun,
             "energy_price_trx": format_units(price_sun, 6),
+            "sweep_id": c.sweep_id,  # None: a dry run, or another scan queued it first
         }
         for c in report.candidates
     ]
@@ -497,6 +498,20 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
             ctx.out.write(f"price unavailable: {price_error}\n")
         ctx.out.write(f"dry run: {report.candidate_count} above threshold, nothing queued\n")
     else:
+        if document["candidates"]:
+            print_table(
+                ctx,
+                ["address", "token", "amount", "sweep"],
+                [
+                    [
+                        c["address"],
+                        c["token"],
+                        c["amount"],
+                        f"#{c['sweep_id']} queued" if c["sweep_id"] else "-",
+                    ]
+                    for c in document["candidates"]
+                ],
+            )
         ctx.out.write(
             f"scanned {report.addresses} addresses ({report.balance_reads} balance reads, {report.skipped_open} "
             f"skipped with an open sweep): {report.candidate_count} above threshold, {report.queued} queued\n"

@@ -76,7 +76,7 @@ class PassReport:
     addresses: int = 0  # deposit addresses visited in this run
     balance_reads: int = 0
     candidate_count: int = 0  # (address, token) pairs at or above min_sweep
-    candidates: list[Candidate] = field(default_factory=list)  # kept in dry runs only (memory stays flat)
+    candidates: list[Candidate] = field(default_factory=list)  # only when asked (memory stays flat)
     queued: int = 0
     skipped_open: int = 0  # (address, token) pairs not read because a sweep is already open
     resumed_after_id: int = 0
@@ -161,12 +161,16 @@ class Scanner:
         self,
         *,
         dry_run: bool = False,
+        keep_candidates: bool | None = None,
         on_page: Callable[[int], Awaitable[None]] | None = None,
     ) -> PassReport:
         """One pass over every watched address; resumes an interrupted pass (not in a dry run).
 
+        `keep_candidates` (default: in dry runs) lists every (address, token) above threshold in the
+        report, for `sweeper scan` to print; the daemon leaves it off so memory stays flat.
         `on_page(last_address_id)` runs after each page is recorded (tests use it to crash there).
         """
+        keep = dry_run if keep_candidates is None else keep_candidates
         started = time.perf_counter()
         report = PassReport()
         after_id = 0
@@ -181,7 +185,7 @@ class Scanner:
             if not page:
                 break
             queued_before = report.queued
-            await self._scan_page([address for _, address in page], report, semaphore, dry_run)
+            await self._scan_page([address for _, address in page], report, semaphore, dry_run, keep)
             after_id = page[-1][0]
             report.addresses += len(page)
             if not dry_run:
@@ -210,7 +214,12 @@ class Scanner:
         return report
 
     async def _scan_page(
-        self, page: list[str], report: PassReport, semaphore: asyncio.Semaphore, dry_run: bool
+        self,
+        page: list[str],
+        report: PassReport,
+        semaphore: asyncio.Semaphore,
+        dry_run: bool,
+        keep: bool,
     ) -> None:
         failures: list[str] = []
 
@@ -235,7 +244,7 @@ class Scanner:
                         "sweep queued", sweep_id=sweep_id, address=address, token=token.symbol, amount=amount
                     )
             report.candidate_count += 1
-            if dry_run:
+            if keep:
                 report.candidates.append(Candidate(address, token, amount, sweep_id))
 
         jobs: list[Awaitable[None]] = []

@@ -90,7 +90,6 @@ def test_the_unit_has_the_directives_operators_rely_on() -> None:
         "StateDirectory": "sweeper",
         "WorkingDirectory": "/var/lib/sweeper",
         "EnvironmentFile": "/etc/sweeper/sweeper.env",
-        "ExecStartPre": f"{INSTALLED} --config /etc/sweeper/sweeper.toml migrate",
         "ExecStart": f"{INSTALLED} --config /etc/sweeper/sweeper.toml run",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "Restart": "on-failure",

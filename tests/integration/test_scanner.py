@@ -281,7 +281,12 @@ def test_scan_command_dry_run_then_real(
 
         assert main(["--config", str(config), "scan", "--json"]) == 0
         real = json.loads(capsys.readouterr().out)
-        assert real["queued"] == len(EXPECTED) and real["candidates"] == []
+        assert real["queued"] == len(EXPECTED)
+        # Without --dry-run, scan still prints what is above threshold, with the sweep it queued.
+        assert {c["address"] for c in real["candidates"]} == EXPECTED
         assert main(["--config", str(config), "sweeps", "list", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
         assert {r["address"] for r in listed} == EXPECTED
+        assert {(c["address"], c["sweep_id"]) for c in real["candidates"]} == {
+            (r["address"], r["id"]) for r in listed
+        }
