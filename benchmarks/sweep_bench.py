@@ -7,8 +7,8 @@ process; every address holds more than the threshold (half of them never activat
 provider's order also activates them). Timed: `sweeper scan` then `sweeper work --until-final`,
 i.e. detection, energy orders, delegation, signing, broadcast and solidified confirmation of all
 N sweeps. Checked after the run: every row confirmed with one order and one transfer each.
-Postgres runs too when a URL is given (default: $SWEEPER_TEST_POSTGRES_URL); its public schema is
-dropped first, so never point it at a database that matters.
+Postgres runs too when a URL is given (default: $SWEEPER_TEST_POSTGRES_URL), in a schema of its own
+(`sweep_bench`, dropped and re-created).
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ from sqlalchemy import text
 from sweeper.domain import SweepState
 from tests.e2e.harness import WALLET, ledger_for, run_sweeper, sandbox, write_config
 
+SCHEMA = "sweep_bench"
 
-def reset_postgres(url: str) -> None:
+
+def bench_schema(url: str) -> str:
+    """A fresh schema of its own (dropped and re-created), as the URL the sweeper processes use."""
     ledger = ledger_for(url)
     with ledger.engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
     ledger.engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{SCHEMA}"
 
 
 def one_run(db_url: str, n: int, folder: Path) -> tuple[float, int]:
@@ -68,8 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         backends = [("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}")]
         if args.postgres:
-            reset_postgres(args.postgres)
-            backends.append(("postgres", args.postgres))
+            backends.append(("postgres", bench_schema(args.postgres)))
         for name, url in backends:
             folder = Path(tmp) / name
             folder.mkdir()

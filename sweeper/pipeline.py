@@ -73,8 +73,11 @@ class PipelineOptions:
     scene: int = 0
     callback_url: str | None = None
     lease_seconds: float = 60.0
-    # An order POST whose answer was lost may still be processed: look it up only after this.
+    # An order POST whose answer was lost may still be processed: look it up only after this,
+    # and send no other order for the row until the POST is `order_settle_seconds` old (a provider
+    # that has not created an order by then has dropped the request).
     order_grace_seconds: float = 10.0
+    order_settle_seconds: float = 300.0
     low_balance_pause_seconds: float = 300.0
     backoff_base_seconds: float = 5.0
     backoff_max_seconds: float = 300.0
@@ -374,6 +377,19 @@ class Pipeline:
             return await self._ordering_error(row, f"order lookup failed: {exc}")
         if isinstance(existing, Order):
             return await self._adopt(row, existing)
+        # An earlier POST (its answer lost, or a crash mid-POST) may still create its order: keep
+        # looking it up until it is old enough to have landed or died; only then send another.
+        if row.order_sent_at is not None:
+            settled_at = row.order_sent_at + timedelta(seconds=self.options.order_settle_seconds)
+            left = (settled_at - self.now()).total_seconds()
+            if left > 0:
+                await self._release(
+                    row,
+                    max(0.05, min(self.options.order_grace_seconds, left)),
+                    f"an order sent at {row.order_sent_at.isoformat()} may still land; no new order before "
+                    f"{settled_at.isoformat()}",
+                )
+                return Step.WAIT
 
         if self.ordering_paused_until is not None and self.now() < self.ordering_paused_until:
             return await self._back_to_queue(row, "energy ordering is paused", delay=self._pause_left())
@@ -424,7 +440,10 @@ class Pipeline:
                 delay=(tomorrow - self.now()).total_seconds() + 1,
             )
 
-        # 4. Order. Whatever happens next, the lookup in step 1 guards the following attempt.
+        # 4. Order. Written down first: whatever happens next (a lost answer, a crash), the lookup
+        # in step 1 and the settle wait above guard the following attempt.
+        if not await asyncio.to_thread(self.ledger.mark_order_sent, row.id, self.worker_id, self.now()):
+            raise _LostClaim
         try:
             order = await self.provider.collect_manual(
                 row.address,
@@ -524,11 +543,16 @@ class Pipeline:
     async def _back_to_queue(
         self, row: SweepRecord, reason: str, *, delay: float | None = None, count: bool = False
     ) -> Step:
-        """Nothing was ordered (the lookup said so): back to `queued` with a later next attempt."""
+        """Nothing was ordered (the lookup said so): back to `queued` with a later next attempt.
+
+        Only reached once no earlier POST can still land (the settle wait) or after the provider
+        answered this one: the order-sent mark is cleared.
+        """
         wait = delay if delay is not None else self._backoff(row.attempts)
         changes: dict[str, Any] = {
             "next_attempt_at": self.now() + timedelta(seconds=wait),
             "last_error": reason[:1000],
+            "order_sent_at": None,
         }
         if count:
             changes["attempts"] = row.attempts + 1

@@ -38,7 +38,7 @@ MUTABLE_COLUMNS = frozenset(
     {
         "amount", "destination", "serial", "scene", "cost_sun", "provider_balance_sun", "txid",
         "signed_tx", "expiration", "attempts", "next_attempt_at", "claimed_by", "lease_until",
-        "last_error",
+        "last_error", "order_sent_at",
     }
 )  # fmt: skip
 
@@ -74,6 +74,7 @@ class SweepRecord:
     expiration: datetime | None
     attempts: int
     next_attempt_at: datetime | None
+    order_sent_at: datetime | None
     claimed_by: str | None
     lease_until: datetime | None
     last_error: str | None
@@ -391,6 +392,24 @@ class Ledger:
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker).values(**values)
+            )
+            return result.rowcount == 1
+
+    def mark_order_sent(self, sweep_id: int, worker: str, at: datetime | None) -> bool:
+        """Record (before sending it) that an energy order POST goes out for this `ordering` row.
+
+        None clears it once the provider has answered that nothing was ordered. Not a state change:
+        no event row. False if the claim was lost or the row is no longer in `ordering`.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(sweeps)
+                .where(
+                    sweeps.c.id == sweep_id,
+                    sweeps.c.claimed_by == worker,
+                    sweeps.c.state == SweepState.ORDERING.value,
+                )
+                .values(order_sent_at=at, updated_at=self.now())
             )
             return result.rowcount == 1
 

@@ -53,10 +53,16 @@ def _check_sql(engine_url: str) -> tuple[str, str]:
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             check = conn.execute(
-                text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_sweeps_state'")
+                text(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_sweeps_state' "
+                    "AND connamespace = current_schema()::regnamespace"
+                )
             ).scalar_one()
             index = conn.execute(
-                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_sweeps_open_address_token'")
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_sweeps_open_address_token' "
+                    "AND schemaname = current_schema()"
+                )
             ).scalar_one()
         else:
             check = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'sweeps'")).scalar_one()

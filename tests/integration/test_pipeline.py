@@ -19,9 +19,9 @@ from sweeper.domain import Secret, SweepState
 from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger, NewAddress
 from sweeper.pipeline import Keys, Pipeline, PipelineOptions
-from sweeper.provider import ProviderClient
+from sweeper.provider import ProviderClient, Timeouts
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
-from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, SandboxProvider
+from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, HoldPoint, SandboxProvider
 from sweeper.sandbox.world import World
 
 S = SweepState
@@ -196,6 +196,51 @@ def test_5xx_after_order_created_does_not_order_twice(env: Env) -> None:
     asyncio.run(env.run())
     assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED
     assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+
+
+def test_a_post_that_lands_late_after_a_lost_answer_is_adopted_not_ordered_again(env: Env) -> None:
+    """The POST hangs BEFORE the provider creates anything; we give up on it (outcome unknown),
+    our lookups find nothing, and only later does the provider create the order. No second POST
+    may go out meanwhile, or the row would have two orders."""
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    env.provider.hold_posts(HoldPoint.BEFORE_CREATE)
+    opts = PipelineOptions(
+        destination=DESTINATION, tokens=TOKENS, order_grace_seconds=0.1, order_settle_seconds=3.0,
+        poll_min_seconds=0.05, backoff_base_seconds=0.05, backoff_max_seconds=0.2,
+    )  # fmt: skip
+
+    async def go() -> None:
+        async with (
+            TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
+            ProviderClient(
+                env.provider.url,
+                Secret(SANDBOX_API_KEY),
+                Secret(SANDBOX_API_SECRET),
+                timeouts=Timeouts(read=0.3, total=0.5),
+            ) as client,
+        ):
+            pipeline = Pipeline(env.ledger, client, chain, Keys(env.ledger, WALLET), opts, worker_id="w")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while "outcome unknown" not in (env.ledger.get_sweep(sweep_id).last_error or ""):
+                assert loop.time() < deadline, "the first POST should time out"
+                await pipeline.run_once()
+                await asyncio.sleep(0.02)
+            # Inside the settle period: lookups only, however often the worker runs.
+            lookups_until = loop.time() + 1.0
+            while loop.time() < lookups_until:
+                await pipeline.run_once()
+                await asyncio.sleep(0.02)
+            assert env.provider.post_count == 1, "a second order POST went out while the first may land"
+            env.provider.release_posts()  # now the provider creates the first order, late
+            await wait_final(pipeline, env.ledger, 30)
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+    assert any("adopted existing order" in e.reason for e in env.ledger.events(sweep_id))
 
 
 def test_low_provider_balance_pauses_ordering_and_keeps_rows_queued(env: Env) -> None:
