@@ -147,14 +147,19 @@ class RateLimiter:
         self._tat = float("-inf")  # theoretical arrival time of the next request
         self._monotonic = monotonic
         self._sleep = sleep
+        self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        now = self._monotonic()
-        tat = max(self._tat, now)
-        wait = tat - self._tolerance - now
-        self._tat = tat + self._interval
-        if wait > 0:
-            await self._sleep(wait)
+        # One waiter at a time, and a slot counts from when its waiter actually wakes: after a
+        # stalled loop (a busy CPU) the waiters whose slots passed must not all go at once.
+        async with self._lock:
+            now = self._monotonic()
+            tat = max(self._tat, now)
+            wait = tat - self._tolerance - now
+            if wait > 0:
+                await self._sleep(wait)
+                tat = max(tat, self._monotonic())
+            self._tat = tat + self._interval
 
     def __repr__(self) -> str:
         return f"RateLimiter(rate={self.rate}, burst={self.burst})"
