@@ -54,3 +54,24 @@ def test_wheel_migrates_and_lists(installed: Path, tmp_path: Path, db_url: str) 
     listing = sweeper_cmd(installed, tmp_path, "--config", str(config), "sweeps", "list", "--json")
     assert listing.returncode == 0, listing.stderr
     assert json.loads(listing.stdout) == []
+
+
+def test_the_console_script_is_installed_and_runs(installed: Path, tmp_path: Path) -> None:
+    script = installed / "bin" / "sweeper"
+    assert script.is_file() and os.access(script, os.X_OK), "pip must install the `sweeper` console script"
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    result = subprocess.run(
+        [str(script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("migrate", "run", "scan", "sweeps", "addresses", "stats", "demo"):
+        assert command in result.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "sweeper", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert module.returncode == 0 and module.stdout == result.stdout
