@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -320,3 +321,54 @@ def test_sigterm_during_startup_exits_0_at_once(tmp_path: Path, sqlite_url: str)
         assert code == 0, _log(log)[-3000:]
         assert took < 5, f"stopped in {took:.1f} s"
         assert "Traceback" not in _log(log)
+
+
+def test_failed_order_then_operator_retry_and_a_forged_callback(tmp_path: Path, sqlite_url: str) -> None:
+    """The order ends 43 (failed): the row fails; `sweeper sweeps retry` queues a new row the running
+    daemon sweeps. A forged callback naming the row gets 401 and changes nothing."""
+    address = WALLET.address(0)
+    with sandbox() as box:
+        box.control.credit_usdt(address, 33_000_000)
+        box.control.set_outcome(43)
+        config, port = _start_daemon(tmp_path, sqlite_url, box, 1)
+        log = tmp_path / "daemon.log"
+        daemon = start_sweeper(config, box, "run", log=log)
+        ledger = ledger_for(sqlite_url)
+        try:
+            first = wait_until(
+                lambda: (rows := ledger.list_sweeps()) and rows[0].state is S.FAILED and rows[0],
+                timeout=60,
+                what="the sweep failed with its order",
+            )
+            assert "43" in (ledger.events(first.id)[-1].reason or "")
+
+            forged_body = json.dumps({"serial": first.serial, "out_trade_no": str(first.id), "status": 40})
+            forged = httpx.post(
+                f"http://127.0.0.1:{port}/callback",
+                content=forged_body,
+                headers={"TIMESTAMP": str(int(time.time())), "SIGNATURE": "00" * 32},
+                timeout=5,
+            )
+            assert forged.status_code == 401
+            assert ledger.get_sweep(first.id) == first, "a forged callback changed the ledger"
+
+            box.control.set_outcome(40)
+            retry = run_sweeper(config, box, "sweeps", "retry", str(first.id), "--json")
+            retry_id = json.loads(retry.stdout)["new_id"]
+            wait_until(
+                lambda: ledger.get_sweep(retry_id).state is S.CONFIRMED,
+                timeout=60,
+                what="the retry confirmed",
+            )
+            assert _stop(daemon)[0] == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(10)
+        again = ledger.get_sweep(retry_id)
+        assert again.retry_of == first.id and again.amount == 33_000_000
+        assert ledger.get_sweep(first.id).state is S.FAILED
+        assert box.control.order_counts() == {str(first.id): 1, str(retry_id): 1}
+        assert [t.txid for t in box.control.transactions(owner=address)] == [again.txid]
+        assert box.control.usdt_balance(DESTINATION) == 33_000_000
+        ledger.engine.dispose()
