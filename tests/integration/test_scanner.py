@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -62,6 +64,34 @@ def settings(tmp_path: Path) -> Settings:
         "SWEEPER_MNEMONIC": MNEMONIC,
     }
     return load_settings(path, environ=env)
+
+
+def test_sync_adds_file_and_keyfile_addresses_with_their_source(ledger: Ledger, tmp_path: Path) -> None:
+    wallet = HdWallet(Secret(MNEMONIC))
+    listed = [wallet.address(500), wallet.address(501)]
+    (tmp_path / "addresses.txt").write_text("\n".join(listed) + "\n")
+    keyfile = tmp_path / "keys.json"
+    keyfile.write_text(json.dumps({wallet.address(600): wallet.private_key(600).reveal()}))
+    os.chmod(keyfile, 0o600)
+    text = (
+        (REPO / "config.example.toml")
+        .read_text()
+        .replace('hd_indexes = "0-999"', 'hd_indexes = ""\nfile = "addresses.txt"')
+        .replace('source = "mnemonic"', 'source = "keyfile"\nkeyfile = "keys.json"')
+    )
+    path = tmp_path / "sweeper.toml"
+    path.write_text(text)
+    env = {
+        "TRONGRID_API_KEY": "k" * 10,
+        "SWEEPER_PROVIDER_API_KEY": "k" * 10,
+        "SWEEPER_PROVIDER_API_SECRET": "s" * 10,
+    }
+    settings = load_settings(path, environ=env)
+    assert sync_addresses(settings, ledger) == 3
+    assert sync_addresses(settings, ledger) == 0  # idempotent
+    sources = {a.address: a.source for a in ledger.list_addresses()}
+    assert sources == {listed[0]: "file", listed[1]: "file", wallet.address(600): "keyfile"}
+    assert str(wallet.private_key(600).reveal()) not in repr(ledger.list_addresses())
 
 
 def scanner(ledger: Ledger, chain: TronChain, settings: Settings, **kw: int) -> Scanner:
