@@ -48,6 +48,7 @@ log = structlog.get_logger("sweeper.daemon")
 STOP_GRACE_SECONDS = 6.0  # of the 10 s an operator (and systemd) may wait; the rest is for closing down
 LISTENER_STOP_SECONDS = 3.0  # requests in flight (a callback, a health check) may finish meanwhile
 HOUSEKEEPING_SECONDS = 15.0
+CLOCK_SKEW_WARN_SECONDS = 15.0
 SCAN_CONCURRENCY = 16
 
 
@@ -158,6 +159,7 @@ class Daemon:
 
     async def start(self) -> None:
         await self._check_provider(startup=True)
+        await self._check_clock()
         try:
             added = await asyncio.to_thread(sync_addresses, self.settings, self.ledger)
         except AddressConfigProblem as exc:
@@ -333,6 +335,23 @@ class Daemon:
         self.metrics.count_up_to(self.metrics.provider_errors, self.provider.requests_failed)
         if self.last_scan_completed is not None:
             self.metrics.set_detection_lag(self.last_scan_completed, self.now())
+
+    async def _check_clock(self) -> None:
+        """Warn when our clock and the chain's disagree: transfers are stamped with our clock and
+        live 60 s, so a skew near that makes the node refuse them as expired (run NTP)."""
+        try:
+            head = await self.chain.latest_block()
+        except ChainError as exc:
+            log.warning("TRON node unreachable at start-up; detection retries", error=str(exc))
+            return
+        skew = (self.now().timestamp() * 1000 - head.timestamp_ms) / 1000
+        # A head block is up to one block interval (3 s) old, so only a larger gap means skew.
+        if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
+            log.error(
+                "ALERT: this host's clock and the TRON chain's disagree; transfers may be refused as expired",
+                skew_seconds=round(skew, 1),
+                head_block=head.number,
+            )
 
     async def _check_provider(self, *, startup: bool) -> None:
         try:

@@ -721,8 +721,10 @@ class Pipeline:
         try:
             result = await self.chain.broadcast(signed)
         except BroadcastRejected as exc:
-            if exc.expired:
+            if exc.expired and self.now() >= row.expiration:
                 return await self._rebuild_if_unknown(row, signed)
+            # Expired for the node while our clock says it is not: our clock is behind the chain's,
+            # and a rebuilt transfer would be expired too. Back off (no rebuild loop) until it expires.
             return await self._retry_later(row, f"broadcast rejected: {exc.code} {exc.message}")
         except ChainError as exc:
             return await self._retry_later(row, f"broadcast failed: {exc}")

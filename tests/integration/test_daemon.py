@@ -12,8 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from sqlalchemy.engine import Engine
 
+from sweeper.chain import BlockRef, ChainUnavailable
 from sweeper.config import ConfigError, Settings, load_settings
 from sweeper.daemon import Daemon, StartupError
 from sweeper.domain import Secret
@@ -52,6 +54,9 @@ class StubChain:
 
     async def aclose(self) -> None:
         return None
+
+    async def latest_block(self) -> None:
+        raise ChainUnavailable("the stub node is never reachable")
 
 
 class StubProvider(StubChain):
@@ -171,3 +176,23 @@ def test_error_counters_follow_the_clients_at_every_scrape(setup: tuple[Path, Se
     daemon.chain.requests_failed = 5  # type: ignore[misc]
     text = daemon.metrics.render().decode()
     assert "sweeper_node_errors_total 5.0" in text and "sweeper_provider_errors_total 1.0" in text
+
+
+@pytest.mark.parametrize(("skew_seconds", "alerted"), [(70.0, True), (-70.0, True), (2.0, False)])
+def test_a_clock_that_disagrees_with_the_chain_is_alerted_at_start(
+    setup: tuple[Path, Settings, Ledger, str], skew_seconds: float, alerted: bool
+) -> None:
+    path, settings, ledger, _ = setup
+    daemon = daemon_for(settings, ledger, path)
+    head_ms = int((daemon.now().timestamp() - skew_seconds) * 1000)
+
+    async def latest_block() -> BlockRef:
+        return BlockRef(number=7, block_id="00" * 32, timestamp_ms=head_ms)
+
+    daemon.chain.latest_block = latest_block  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(daemon._check_clock())
+    alerts = [e for e in logs if "clock" in e["event"] and e["log_level"] == "error"]
+    assert bool(alerts) is alerted
+    if alerted:
+        assert abs(alerts[0]["skew_seconds"] - skew_seconds) < 2

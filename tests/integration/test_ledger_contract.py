@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 
@@ -344,3 +345,58 @@ def test_event_data_is_json(known: Ledger, engine: Engine) -> None:
     with engine.connect() as conn:
         raw = conn.execute(text("SELECT data FROM sweep_events WHERE to_state = 'ordering'")).scalar_one()
     assert json.loads(raw) == {"n": 1, "serial": "abc"}
+
+
+# --- hints (verified provider callbacks) -----------------------------------------------------------
+
+
+def _deferred_order(ledger: Ledger, clock: FakeClock, address: str, serial: str) -> int:
+    """An energy_ordered sweep with `serial`, released by its worker until 10 minutes from now."""
+    sweep_id = queue(ledger, address)
+    [claimed] = ledger.claim("w1", [S.QUEUED], limit=1, lease_seconds=60)
+    assert claimed.id == sweep_id
+    ledger.transition(
+        sweep_id, S.ORDERING, S.ENERGY_ORDERED, reason="ordered", holder="w1", changes={"serial": serial}
+    )
+    assert ledger.release(sweep_id, "w1", next_attempt_at=clock() + timedelta(seconds=600))
+    return sweep_id
+
+
+@pytest.mark.parametrize("by", ["sweep_id", "serial"])
+def test_hint_makes_a_deferred_open_sweep_due_now(known: Ledger, clock: FakeClock, by: str) -> None:
+    serial = "a1" * 16
+    sweep_id = _deferred_order(known, clock, A1, serial)
+    other = _deferred_order(known, clock, A2, "b2" * 16)
+    clock.advance(5)
+    assert known.claim("w2", [S.ENERGY_ORDERED], limit=5, lease_seconds=60) == []  # both deferred
+    before, other_before = known.get_sweep(sweep_id), known.get_sweep(other)
+    events_before = known.events(sweep_id)
+    hinted = known.hint(sweep_id=sweep_id) if by == "sweep_id" else known.hint(serial=serial)
+    assert hinted == sweep_id
+    after = known.get_sweep(sweep_id)
+    assert after.next_attempt_at is not None and after.next_attempt_at <= clock()
+    # Only a hint: the state, the rest of the row and the history are unchanged.
+    assert after == dataclasses.replace(before, next_attempt_at=after.next_attempt_at)
+    assert known.events(sweep_id) == events_before
+    assert known.get_sweep(other) == other_before  # another open sweep stays deferred
+    [claimed] = known.claim("w2", [S.ENERGY_ORDERED], limit=5, lease_seconds=60)
+    assert (claimed.id, claimed.state) == (sweep_id, S.ENERGY_ORDERED)
+
+
+def test_hint_never_touches_a_final_sweep_and_ignores_unknown_ids(known: Ledger, clock: FakeClock) -> None:
+    serial = "c3" * 16
+    sweep_id = queue(known)
+    known.transition(sweep_id, S.QUEUED, S.ORDERING, reason="claimed")
+    known.transition(sweep_id, S.ORDERING, S.ENERGY_ORDERED, reason="ordered", changes={"serial": serial})
+    known.transition(
+        sweep_id, S.ENERGY_ORDERED, S.FAILED, reason="order ended 43",
+        changes={"next_attempt_at": clock() + timedelta(seconds=600)},
+    )  # fmt: skip
+    clock.advance(5)
+    before = (known.get_sweep(sweep_id), known.events(sweep_id))
+    assert known.hint(sweep_id=sweep_id) is None
+    assert known.hint(serial=serial) is None
+    assert (known.get_sweep(sweep_id), known.events(sweep_id)) == before
+    assert known.hint(sweep_id=sweep_id + 1000) is None
+    assert known.hint(serial="ff" * 16) is None
+    assert known.hint() is None

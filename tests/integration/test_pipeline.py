@@ -6,14 +6,16 @@ The subprocess / kill -9 suite is tests/e2e/; these cover each step's decisions 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
+import tronpy.async_tron
 from sqlalchemy import Engine
 
-from sweeper.chain import TronChain
+from sweeper.chain import DEFAULT_LIFETIME_MS, TronChain
 from sweeper.config import TokenSettings
 from sweeper.domain import Secret, SweepState
 from sweeper.keys import HdWallet
@@ -22,7 +24,7 @@ from sweeper.pipeline import Keys, Pipeline, PipelineOptions
 from sweeper.provider import ProviderClient, Timeouts
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, HoldPoint, SandboxProvider
-from sweeper.sandbox.world import World
+from sweeper.sandbox.world import TxRecord, World
 
 S = SweepState
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
@@ -52,7 +54,9 @@ class Env:
         assert sweep_id is not None
         return sweep_id
 
-    async def run(self, timeout: float = 30.0, **options: object) -> Pipeline:
+    @contextlib.asynccontextmanager
+    async def pipeline(self, **options: object) -> AsyncIterator[Pipeline]:
+        """A pipeline over the sandbox with fast test timings (`options` override PipelineOptions)."""
         opts = PipelineOptions(
             destination=DESTINATION, tokens=TOKENS, order_grace_seconds=0.2, poll_min_seconds=0.05,
             backoff_base_seconds=0.05, backoff_max_seconds=0.2, **options,  # type: ignore[arg-type]
@@ -61,11 +65,19 @@ class Env:
             TronChain(self.node.url, requests_per_second=1000, burst=100) as chain,
             ProviderClient(self.provider.url, Secret(SANDBOX_API_KEY), Secret(SANDBOX_API_SECRET)) as client,
         ):
-            pipeline = Pipeline(
+            yield Pipeline(
                 self.ledger, client, chain, Keys(self.ledger, WALLET), opts, worker_id="test-worker"
             )
+
+    async def run(self, timeout: float = 30.0, **options: object) -> Pipeline:
+        async with self.pipeline(**options) as pipeline:
             await wait_final(pipeline, self.ledger, timeout)
             return pipeline
+
+    def transfers_from(self, address: str) -> list[TxRecord]:
+        """Every transaction from `address` the sandbox chain holds (pending or mined)."""
+        with self.world.lock:
+            return [tx for tx in self.world.transactions.values() if tx.owner == address]
 
 
 async def wait_final(pipeline: Pipeline, ledger: Ledger, timeout: float) -> None:
@@ -80,6 +92,18 @@ async def wait_final(pipeline: Pipeline, ledger: Ledger, timeout: float) -> None
     raise AssertionError(
         f"not final after {timeout}s: {[(s.id, s.state.value, s.last_error) for s in ledger.list_sweeps()]}"
     )
+
+
+async def drive_until(pipeline: Pipeline, done: Callable[[], bool], timeout: float, what: str) -> None:
+    """Run passes until `done()` holds (deadline, not sleeps, decides failure)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() >= deadline:
+            rows = [(s.id, s.state.value, s.last_error) for s in pipeline.ledger.list_sweeps()]
+            raise AssertionError(f"{what}: not reached after {timeout}s: {rows}")
+        await pipeline.run_once()
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -315,3 +339,204 @@ def test_orders_refused_for_a_wrong_secret_pause_ordering_instead_of_failing_row
     assert all(r.state is S.QUEUED and r.attempts == 1 for r in rows), [(r.state, r.attempts) for r in rows]
     assert pipeline.ordering_paused_until is not None
     assert env.provider.orders == {}
+
+
+def _state_is(env: Env, sweep_id: int, state: SweepState) -> Callable[[], bool]:
+    return lambda: env.ledger.get_sweep(sweep_id).state is state
+
+
+def test_a_transfer_that_expired_unincluded_is_rebuilt_with_a_new_txid_and_confirmed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tronpy stamps a transaction's expiration from the local clock: keep that clock on the
+    # chain's, which this test moves forward (as waiting would) to expire the first transfer.
+    monkeypatch.setattr(tronpy.async_tron, "current_timestamp", env.world.now_ms)
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    env.world.hold_inclusion()  # the node accepts the transfer, no block includes it
+
+    async def go() -> str:
+        async with env.pipeline() as pipeline:
+            await drive_until(pipeline, _state_is(env, sweep_id, S.BROADCAST), 15, "first broadcast")
+            first = env.ledger.get_sweep(sweep_id).txid
+            assert first is not None and first in env.world.pending
+            with env.world.lock:  # no block from the ticker in between
+                env.world.advance_time(DEFAULT_LIFETIME_MS / 1000 + 10)
+                env.world.produce_block()  # a head past the expiration; the transfer still pending
+                env.world.hold_inclusion(False)  # the next block drops it, expired, never included
+            await wait_final(pipeline, env.ledger, 20)
+            return first
+
+    first = asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert row.txid is not None and row.txid != first
+    assert (row.amount, row.destination) == (20_000_000, DESTINATION)
+    history = env.ledger.events(sweep_id)
+    assert [e.to_state for e in history][-5:] == [
+        "broadcast",
+        "energy_ready",
+        "signed",
+        "broadcast",
+        "confirmed",
+    ]
+    rebuild = history[-4]
+    assert first in rebuild.reason and "expired" in rebuild.reason
+    assert row.txid in history[-3].reason  # the new transfer is the one signed after the rebuild
+    # The chain holds exactly one transfer from the address: the rebuilt one, executed.
+    [tx] = env.transfers_from(a)
+    assert (tx.txid, tx.receipt.result, tx.amount) == (row.txid, "SUCCESS", 20_000_000)
+    assert tx.block_number is not None and env.world.transaction(first) is None
+    assert env.world.token_balance(USDT, a) == 0
+    assert env.world.token_balance(USDT, DESTINATION) == 20_000_000
+    assert env.world.account(a).trx_sun == 0  # the same rented energy served the rebuilt transfer
+    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1 and env.provider.post_count == 1
+
+
+def test_a_transfer_that_fails_on_chain_fails_the_row_with_the_reason_and_is_not_resent(env: Env) -> None:
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    env.world.hold_inclusion()
+
+    async def go() -> None:
+        async with env.pipeline() as pipeline:
+            await drive_until(pipeline, _state_is(env, sweep_id, S.BROADCAST), 15, "broadcast")
+            assert env.ledger.get_sweep(sweep_id).txid in env.world.pending
+            with env.world.lock:
+                # The provider takes its delegation back before the transfer runs: the call has no
+                # energy (and the address no TRX), so it fails OUT_OF_ENERGY on chain.
+                env.world.reclaim_energy(a)
+                env.world.hold_inclusion(False)
+            await wait_final(pipeline, env.ledger, 20)
+            # A failed row is final: further passes take nothing and send nothing.
+            for _ in range(3):
+                assert await pipeline.run_once() == 0
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.FAILED, (row.state, row.last_error)
+    last = env.ledger.events(sweep_id)[-1]
+    assert last.to_state == "failed" and f"transaction {row.txid} failed on chain" in last.reason
+    assert "OUT_OF_ENERGY: Not enough energy" in last.reason  # the chain's own reason
+    [tx] = env.transfers_from(a)  # one transfer, the failed one; no second attempt
+    assert (tx.txid, tx.receipt.result) == (row.txid, "OUT_OF_ENERGY")
+    assert [e.to_state for e in env.ledger.events(sweep_id)].count("signed") == 1
+    assert env.world.token_balance(USDT, a) == 20_000_000 and env.world.token_balance(USDT, DESTINATION) == 0
+    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1 and env.provider.post_count == 1
+
+
+def test_an_order_never_delegated_fails_after_order_timeout(env: Env) -> None:
+    env.provider.delegation_delay = None  # orders stay in status 30 until a test completes them
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    asyncio.run(env.run(timeout=15, order_timeout_seconds=1))
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.FAILED, (row.state, row.last_error)
+    history = env.ledger.events(sweep_id)
+    ordered = next(e for e in history if e.to_state == "energy_ordered")
+    failed = history[-1]
+    assert failed.to_state == "failed"
+    assert failed.reason == f"energy order {row.serial} not completed within 1 s"
+    assert (failed.at - ordered.at).total_seconds() > 1  # not before the timeout
+    order = env.provider.order(str(row.serial))
+    assert order is not None and order.status == 30  # still pending at the provider
+    assert row.txid is None and env.transfers_from(a) == []
+    assert env.provider.post_count == 1 and env.world.token_balance(USDT, a) == 20_000_000
+
+
+def test_energy_gone_in_energy_ready_fails_after_energy_ready_timeout(env: Env) -> None:
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+
+    async def go() -> None:
+        async with env.pipeline(energy_ready_timeout_seconds=1) as pipeline:
+            pipeline.stopping = True  # as on SIGTERM: each pass takes one step per row, then releases it
+            await drive_until(pipeline, _state_is(env, sweep_id, S.ENERGY_READY), 15, "energy_ready")
+            env.world.reclaim_energy(a)  # the delegation is gone before the transfer is built
+            pipeline.stopping = False
+            await wait_final(pipeline, env.ledger, 15)
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.FAILED, (row.state, row.last_error)
+    history = env.ledger.events(sweep_id)
+    ready = next(e for e in history if e.to_state == "energy_ready")
+    failed = history[-1]
+    assert failed.to_state == "failed" and failed.from_state == "energy_ready"
+    assert failed.reason.startswith("energy/bandwidth gone for over 1 s: ")
+    assert "energy 0 < " in failed.reason
+    assert (failed.at - ready.at).total_seconds() > 1
+    assert row.txid is None and env.transfers_from(a) == []  # nothing signed, nothing sent
+    assert env.provider.post_count == 1 and env.world.token_balance(USDT, a) == 20_000_000
+
+
+def test_a_price_above_the_per_sweep_cap_requeues_without_ordering(env: Env) -> None:
+    a = env.fund(0, 20_000_000)  # the destination holds no USDT: the sandbox quotes 8 TRX
+    sweep_id = env.queue(a)
+
+    async def go() -> None:
+        async with env.pipeline(max_cost_per_sweep_sun=5_000_000) as pipeline:
+            assert await pipeline.run_once() == 1
+            assert await pipeline.run_once() == 0  # deferred: not due again right away
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.QUEUED, (row.state, row.last_error)
+    assert "energy price 8 TRX is above safety.max_cost_per_sweep_trx" in (row.last_error or "")
+    assert row.next_attempt_at is not None
+    assert (row.next_attempt_at - env.ledger.now()).total_seconds() > 3000
+    assert env.provider.post_count == 0 and env.provider.orders == {}
+    assert row.serial is None and row.order_sent_at is None
+
+
+def test_ordering_resumes_after_the_low_balance_pause_once_the_balance_is_back(env: Env) -> None:
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    env.provider.set_balance(1_000)
+
+    async def go() -> Pipeline:
+        async with env.pipeline(low_balance_pause_seconds=0.5) as pipeline:
+            await pipeline.run_once()
+            row = env.ledger.get_sweep(sweep_id)
+            assert row.state is S.QUEUED and "balance too low" in (row.last_error or "")
+            assert pipeline.ordering_paused_until is not None
+            assert env.provider.post_count == 1 and env.provider.orders == {}
+            env.provider.set_balance(1_000_000_000)  # topped up
+            await wait_final(pipeline, env.ledger, 15)
+            return pipeline
+
+    pipeline = asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert pipeline.ordering_paused_until is None  # the pause ended
+    [order] = env.provider.orders_by_out_trade_no(str(sweep_id))
+    assert row.serial == order.serial and env.provider.post_count == 2
+    assert env.world.token_balance(USDT, DESTINATION) == 20_000_000
+
+
+def test_a_chain_clock_ahead_of_ours_backs_off_instead_of_rebuilding_in_a_loop(env: Env) -> None:
+    """Every transfer we build is already expired for a node whose clock is past its lifetime
+    ahead of ours: the rejected row must back off, not rebuild and resend in one endless step
+    (which also kept `run_once` from ever returning, starving every other row)."""
+    env.world.advance_time(DEFAULT_LIFETIME_MS / 1000 + 10)
+    env.world.produce_block()
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+
+    def rejected() -> bool:
+        return "TRANSACTION_EXPIRATION_ERROR" in (env.ledger.get_sweep(sweep_id).last_error or "")
+
+    async def go() -> None:
+        async with env.pipeline() as pipeline:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not rejected():
+                assert loop.time() < deadline, env.ledger.get_sweep(sweep_id)
+                await asyncio.wait_for(pipeline.run_once(), 5)  # a pass must end
+                await asyncio.sleep(0.02)
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.SIGNED and row.next_attempt_at is not None
+    assert [e.to_state for e in env.ledger.events(sweep_id)].count("signed") == 1  # built once
+    assert env.transfers_from(a) == [] and env.provider.post_count == 1
