@@ -150,15 +150,16 @@ class RateLimiter:
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        # One waiter at a time, and a slot counts from when its waiter actually wakes: after a
-        # stalled loop (a busy CPU) the waiters whose slots passed must not all go at once.
+        # One waiter at a time. A waiter that wakes late by up to half an interval (timer jitter)
+        # keeps the schedule, so the rate does not drift down; one woken later (a stalled loop, a
+        # busy CPU) restarts the schedule from now, so the slots that passed are not all used at once.
         async with self._lock:
             now = self._monotonic()
             tat = max(self._tat, now)
             wait = tat - self._tolerance - now
             if wait > 0:
                 await self._sleep(wait)
-                tat = max(tat, self._monotonic())
+                tat = max(tat, self._monotonic() - self._interval / 2)
             self._tat = tat + self._interval
 
     def __repr__(self) -> str:
