@@ -17,6 +17,15 @@ node's `getsignweight` returns. A lying or compromised node could hand back the 
 different transaction (another destination) and get it signed. We recompute the txid from the
 raw_data we are about to sign (`tronpy.proto.calculate_txid_from_raw_data`), compare it with the
 node's, and decode owner, contract, destination, amount and fee_limit from that same raw_data.
+
+The energy a transfer needs is never guessed here: `simulate_transfer` runs the exact transfer as
+a constant call from the deposit address (`wallet/triggerconstantcontract`, read directly: tronpy's
+helper raises on a revert and drops `energy_used`) and the caller passes what it measured to
+`check_resources(energy_needed=)` and, through `fee_limit_for`, to `build_transfer(fee_limit_sun=)`.
+java-tron's answer forms (tests/fixtures/constant-call-forms.json quotes the source): a revert is
+`result.message` ("REVERT opcode executed") with `transaction.ret[0].ret == "FAILED"`;
+`energy_used` already includes the dynamic-energy `energy_penalty`; a `result.code` means the call
+did not run at all (CONTRACT_VALIDATE_ERROR, OTHER_ERROR).
 """
 
 from __future__ import annotations
@@ -59,9 +68,10 @@ USDT_MAINNET: Final = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 TRANSFER_SELECTOR: Final = "a9059cbb"  # transfer(address,uint256)
 TRANSFER_TOPIC: Final = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
-# Energy of a USDT transfer: recipient already holds USDT / holds none (a new storage slot).
-ENERGY_TO_HOLDER: Final = 64_285
-ENERGY_TO_NEW_HOLDER: Final = 130_285
+# 4-byte selectors = keccak256(signature)[:4] (checked by the tests against eth_utils' keccak).
+IS_BLACKLISTED_SELECTOR: Final = "e47d6060"  # isBlackListed(address): Tether's public freeze list
+ERROR_SELECTOR: Final = "08c379a0"  # Error(string): a revert with a reason
+PANIC_SELECTOR: Final = "4e487b71"  # Panic(uint256): a failed assert in solc >= 0.8
 # Bandwidth of a signed TRC20 transfer is ~345 bytes (serialized tx + 64); a little headroom.
 TRANSFER_BANDWIDTH: Final = 350
 DEFAULT_LIFETIME_MS: Final = 60_000
@@ -335,6 +345,16 @@ class ResourceCheck:
     bandwidth_needed: int
     bandwidth_available: int  # the larger of delegated and free bandwidth left
     reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What a constant call of the exact transfer says it would do (nothing is sent or signed)."""
+
+    reverted: bool
+    energy_used: int  # as the node says; ALREADY includes any energy penalty (never add energy_penalty)
+    energy_penalty: int  # informational only (0 when absent)
+    message: str  # decoded revert reason / result message, "" on success
 
 
 @dataclass(frozen=True)
@@ -614,6 +634,75 @@ def _decode_message(value: Any) -> str:
         return text
 
 
+def _revert_reason(output: str) -> str:
+    """The reason in a revert's return data: Error(string) or Panic(uint256); "" for anything else."""
+    try:
+        data = bytes.fromhex(output)
+    except ValueError:
+        return ""
+    selector, body = data[:4].hex(), data[4:]
+    if selector == ERROR_SELECTOR and len(body) >= 64:
+        offset = int.from_bytes(body[:32], "big")
+        if offset > len(body) - 32:
+            return ""
+        length = int.from_bytes(body[offset : offset + 32], "big")
+        text = body[offset + 32 : offset + 32 + length]
+        return text.decode("utf-8", "replace")[:300] if len(text) == length else ""
+    if selector == PANIC_SELECTOR and len(body) == 32:
+        return f"Panic(0x{int.from_bytes(body, 'big'):x})"
+    return ""
+
+
+def _parse_constant_call(answer: dict[str, Any], what: str) -> tuple[Simulation, str]:
+    """A `triggerconstantcontract` answer as (Simulation, first constant_result hex).
+
+    java-tron's forms (framework/.../Wallet.java callConstantContract and
+    TriggerConstantContractServlet): the call ran -> `result.result` true, `energy_used`,
+    `energy_penalty` (omitted when 0), `constant_result`, and `transaction.ret[0]` `{}` (SUCESS is
+    the default and is not rendered) or `{"ret": "FAILED"}` with `result.message` "REVERT opcode
+    executed" on a revert. The call did not run -> `result.code` (CONTRACT_VALIDATE_ERROR,
+    OTHER_ERROR) with a message and no `result.result`: that is no revert, we learnt nothing.
+    """
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise ChainResponseError(f"{what}: the node's answer has no result")
+    message = _decode_message(result.get("message"))[:300]
+    code = result.get("code")
+    if code is not None and code != "SUCCESS":
+        raise ChainResponseError(f"{what}: {code} {message}".rstrip())
+    if result.get("result") is not True:
+        raise ChainResponseError(f"{what}: the call did not run: {message or 'no result'}")
+    outputs = answer.get("constant_result", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ChainResponseError(f"{what}: malformed constant_result")
+    output = outputs[0].lower() if outputs else ""
+    ret = ""
+    transaction = answer.get("transaction")
+    if isinstance(transaction, dict):
+        rets = transaction.get("ret")
+        if isinstance(rets, list) and rets and isinstance(rets[0], dict):
+            ret = str(rets[0].get("ret", ""))
+    energy_used = _int(answer, "energy_used")
+    energy_penalty = _int(answer, "energy_penalty")
+    if energy_used < 0 or not 0 <= energy_penalty <= energy_used:
+        raise ChainResponseError(
+            f"{what}: energy_used {energy_used} / energy_penalty {energy_penalty} make no sense"
+        )
+    reverted = ret == "FAILED" or "message" in result
+    if reverted:
+        reason = _revert_reason(output)
+        message = message or "FAILED"
+        if reason:
+            message = f"{message}: {reason}"
+    return Simulation(reverted, energy_used, energy_penalty, message if reverted else ""), output
+
+
+def _bool_word(output: str, what: str) -> bool:
+    if len(output) != 64 or output.strip("0123456789abcdef") or int(output, 16) > 1:
+        raise ChainResponseError(f"{what} returned {output[:80]!r}, not a bool word")
+    return int(output, 16) == 1
+
+
 # --- the client --------------------------------------------------------------------------------
 
 
@@ -829,23 +918,79 @@ class TronChain:
     async def latest_block(self) -> BlockRef:
         return await self._block("wallet/getnowblock")
 
-    async def transfer_energy(self, destination: str, token: str = USDT_MAINNET) -> int:
-        """Energy a transfer to `destination` needs: more when it holds none of the token yet."""
-        holds = await self.token_balance(destination, token) > 0
-        return ENERGY_TO_HOLDER if holds else ENERGY_TO_NEW_HOLDER
+    async def _constant_call(
+        self, owner: str, contract: str, selector: str, parameter: str
+    ) -> dict[str, Any]:
+        """`wallet/triggerconstantcontract` as java-tron answers it (visible: T-addresses, plain text)."""
+        return await self._dict(
+            "wallet/triggerconstantcontract",
+            {
+                "owner_address": owner,
+                "contract_address": contract,
+                "function_selector": selector,
+                "parameter": parameter,
+                "visible": True,
+            },
+        )
+
+    async def simulate_transfer(self, owner: str, destination: str, amount: int, *, token: str) -> Simulation:
+        """Run `transfer(destination, amount)` from `owner` as a constant call: would it revert, and
+        how much energy does it really use (dynamic-energy penalty included)?
+
+        Nothing is signed or sent. java-tron answers for any owner, activated or not, with or without
+        TRX (a constant call's energy limit does not come from the caller's account), so an address
+        that only ever received the token is simulated like any other. A token whose `transfer`
+        returns false instead of reverting is reported as reverted: the money would not move.
+        Raises ChainResponseError when the call did not run (e.g. CONTRACT_VALIDATE_ERROR).
+        """
+        check_tron_address(owner)
+        check_tron_address(destination)
+        check_tron_address(token)
+        if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 2**256:
+            raise ValueError("amount must be a positive integer in base units")
+        what = f"transfer simulation {owner} -> {destination}"
+        answer = await self._constant_call(
+            owner, token, "transfer(address,uint256)", transfer_data(destination, amount)[8:]
+        )
+        simulation, output = _parse_constant_call(answer, what)
+        if simulation.reverted or not output:  # no return data: a token whose transfer returns nothing
+            return simulation
+        if not _bool_word(output, what):
+            return Simulation(
+                True, simulation.energy_used, simulation.energy_penalty, "transfer returned false"
+            )
+        return simulation
+
+    async def is_blacklisted(self, address: str, *, token: str) -> bool:
+        """Tether's `isBlackListed(address)`: a listed address's transfers revert (its funds are frozen)."""
+        check_tron_address(address)
+        check_tron_address(token)
+        what = f"isBlackListed({address})"
+        answer = await self._constant_call(
+            address, token, "isBlackListed(address)", address_to_hex(address)[2:].rjust(64, "0")
+        )
+        simulation, output = _parse_constant_call(answer, what)
+        if simulation.reverted:
+            raise ChainResponseError(f"{what} reverted: {simulation.message}")
+        return _bool_word(output, what)
 
     async def check_resources(
         self,
         owner: str,
         destination: str,
-        token: str = USDT_MAINNET,
+        token: str,
         *,
-        energy_needed: int | None = None,
+        energy_needed: int,
         bandwidth_needed: int = TRANSFER_BANDWIDTH,
     ) -> ResourceCheck:
-        """Can `owner` send this transfer now without burning TRX? Broadcast only when `.ok`."""
-        if energy_needed is None:
-            energy_needed = await self.transfer_energy(destination, token)
+        """Can `owner` send this transfer now without burning TRX? Broadcast only when `.ok`.
+
+        `energy_needed` is what the caller measured (`simulate_transfer(...).energy_used`); nothing
+        here guesses it. `destination` and `token` name the transfer being checked.
+        """
+        for number, name in ((energy_needed, "energy_needed"), (bandwidth_needed, "bandwidth_needed")):
+            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
         res = await self.account_resources(owner)
         reasons: list[str] = []
         if not res.activated:
@@ -881,19 +1026,19 @@ class TronChain:
         amount: int,
         *,
         token: str = USDT_MAINNET,
-        energy_needed: int | None = None,
-        fee_limit_sun: int | None = None,
+        fee_limit_sun: int,
         lifetime_ms: int = DEFAULT_LIFETIME_MS,
     ) -> UnsignedTransfer:
-        """Build `transfer(destination, amount)` from `owner` and verify it; nothing is signed."""
+        """Build `transfer(destination, amount)` from `owner` and verify it; nothing is signed.
+
+        `fee_limit_sun` is the caller's: `fee_limit_for(simulation.energy_used)`.
+        """
         check_tron_address(owner)
         check_tron_address(destination)
         if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
             raise ValueError("amount must be a positive integer in base units")
-        if fee_limit_sun is None:
-            if energy_needed is None:
-                energy_needed = await self.transfer_energy(destination, token)
-            fee_limit_sun = await self.fee_limit_for(energy_needed)
+        if not isinstance(fee_limit_sun, int) or isinstance(fee_limit_sun, bool) or fee_limit_sun <= 0:
+            raise ValueError("fee_limit_sun must be a positive integer (fee_limit_for(energy_needed))")
         contract = await self._contract(token)
         try:
             builder = await contract.functions.transfer(destination, amount)

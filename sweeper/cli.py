@@ -1,4 +1,4 @@
-"""The operator's commands (contract.md). Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
+"""The operator's commands (docs/operator-contract.md). Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from sweeper import __version__
 from sweeper.config import ConfigError, Settings, config_path_from, load_settings
 from sweeper.domain import InvalidAddress, SweepState, check_tron_address, format_units
 from sweeper.ledger import (
+    ORDERING_PAUSE,
+    HoldRecord,
     Ledger,
     LedgerError,
     NewAddress,
@@ -113,6 +115,12 @@ def sweep_json(sweep: SweepRecord, settings: Settings) -> dict[str, Any]:
         "txid": sweep.txid,
         "expiration": _iso(sweep.expiration),
         "attempts": sweep.attempts,
+        "send_attempts": sweep.send_attempts,
+        "energy_needed": sweep.energy_needed,
+        "charge_sun": sweep.charge_sun,
+        "charge_day": sweep.charge_day,
+        "refund_sun": sweep.refund_sun,
+        "first_claimed_at": _iso(sweep.first_claimed_at),
         "next_attempt_at": _iso(sweep.next_attempt_at),
         "claimed_by": sweep.claimed_by,
         "lease_until": _iso(sweep.lease_until),
@@ -287,9 +295,21 @@ def cmd_sweeps_cancel(ctx: Context) -> int:
     return EXIT_OK
 
 
+def hold_json(hold: HoldRecord) -> dict[str, Any]:
+    return {
+        "token": hold.token,
+        "reason": hold.reason,
+        "sweep_id": hold.sweep_id,
+        "since": _iso(hold.held_at),
+    }
+
+
 def cmd_addresses_list(ctx: Context) -> int:
     ledger = ctx.ledger()
     rows = ledger.list_addresses()
+    held: dict[str, list[HoldRecord]] = {}
+    for hold in ledger.holds():
+        held.setdefault(hold.address, []).append(hold)
     if ctx.json:
         print_json(
             ctx,
@@ -302,6 +322,8 @@ def cmd_addresses_list(ctx: Context) -> int:
                     "source": a.source,
                     "watched": a.watched,
                     "created_at": _iso(a.created_at),
+                    # Held after a paid failure: not swept again until released (one entry per token).
+                    "held": [hold_json(h) for h in held.get(a.address, [])],
                 }
                 for a in rows
             ],
@@ -309,9 +331,53 @@ def cmd_addresses_list(ctx: Context) -> int:
         return EXIT_OK
     print_table(
         ctx,
-        ["id", "address", "hd index", "label", "source"],
-        [[a.id, a.address, a.hd_index, a.label, a.source] for a in rows],
+        ["id", "address", "hd index", "label", "source", "held"],
+        [
+            [
+                a.id,
+                a.address,
+                a.hd_index,
+                a.label,
+                a.source,
+                "; ".join(f"{h.token} by sweep {h.sweep_id}: {h.reason}" for h in held.get(a.address, [])),
+            ]
+            for a in rows
+        ],
     )
+    return EXIT_OK
+
+
+def cmd_addresses_release(ctx: Context) -> int:
+    try:
+        address = check_tron_address(ctx.args.address)
+    except InvalidAddress as exc:
+        raise UsageError(f"ADDRESS: {exc}") from None
+    ledger = ctx.ledger()
+    released = ledger.release_holds(address, ctx.args.token, actor="operator", reason="released by operator")
+    if ctx.json:
+        print_json(ctx, {"released": [{"address": h.address, **hold_json(h)} for h in released]})
+    else:
+        for h in released:
+            ctx.out.write(f"{h.address} {h.token} released (held since {_iso(h.held_at)}: {h.reason})\n")
+    return EXIT_OK
+
+
+def cmd_ordering_resume(ctx: Context) -> int:
+    ledger = ctx.ledger()
+    lifted = ledger.clear_pause(ORDERING_PAUSE)
+    if ctx.json:
+        print_json(
+            ctx,
+            {
+                "resumed": lifted is not None,
+                "was_paused_since": _iso(lifted.since) if lifted else None,
+                "reason": lifted.reason if lifted else None,
+            },
+        )
+    elif lifted is None:
+        ctx.out.write("energy ordering was not paused\n")
+    else:
+        ctx.out.write(f"energy ordering resumed (paused since {_iso(lifted.since)}: {lifted.reason})\n")
     return EXIT_OK
 
 
@@ -401,12 +467,21 @@ def cmd_stats(ctx: Context) -> int:
         "energy_cost_sun": stats.energy_cost_sun,
         "energy_cost_trx": format_units(stats.energy_cost_sun, 6),
         "deposit_addresses": stats.addresses,
+        "held_addresses": stats.held,
+        "spent_today_sun": stats.spent_today_sun,
+        "spent_today_trx": format_units(stats.spent_today_sun, 6),
+        "daily_cap_trx": str(settings.safety.max_daily_spend_trx),
+        "ordering_paused": stats.ordering_paused,
     }
     if ctx.json:
         print_json(ctx, document)
         return EXIT_OK
     ctx.out.write(f"deposit addresses: {stats.addresses}\n")
+    ctx.out.write(f"held addresses:    {stats.held}\n")
     ctx.out.write(f"energy cost paid:  {document['energy_cost_trx']} TRX\n")
+    ctx.out.write(f"spent today (UTC): {document['spent_today_trx']} of {document['daily_cap_trx']} TRX\n")
+    if stats.ordering_paused:
+        ctx.out.write(f"ORDERING PAUSED:   {stats.ordering_paused} (`sweeper ordering resume`)\n")
     for token, amount in swept.items():
         ctx.out.write(f"swept {token}: {amount}\n")
     ctx.out.write("\n")
@@ -635,6 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     add(addrs, "list", cmd_addresses_list, "the watched deposit addresses")
     p = add(addrs, "import", cmd_addresses_import, "add address[,hd_index[,label]] lines from FILE")
     p.add_argument("file")
+    p = add(addrs, "release", cmd_addresses_release, "lift the hold of ADDRESS (all tokens, or --token T)")
+    p.add_argument("address")
+    p.add_argument("--token", default=None, help="only this token's hold (a symbol, e.g. USDT)")
+
+    ordering = commands.add_parser("ordering", help="energy ordering").add_subparsers(
+        dest="sub", required=True
+    )
+    add(ordering, "resume", cmd_ordering_resume, "lift the pause an over-cost order set")
 
     add(commands, "stats", cmd_stats, "totals: swept per token, energy cost, sweeps per state")
     add(commands, "demo", cmd_demo, "a walk through the ledger on a throw-away sandbox")

@@ -125,6 +125,13 @@ class PipelineSettings:
 class SafetySettings:
     max_daily_spend_trx: Decimal
     max_cost_per_sweep_trx: Decimal
+    # The fee_limit of a sweep transfer (measured energy × getEnergyFee + margin) never exceeds this:
+    # it bounds the TRX a transfer could burn from the deposit address if the energy were gone.
+    max_fee_limit_trx: Decimal = Decimal("30")
+
+    @property
+    def max_fee_limit_sun(self) -> int:
+        return to_base_units(self.max_fee_limit_trx, 6)
 
     @property
     def max_daily_spend_sun(self) -> int:
@@ -241,6 +248,7 @@ class Settings:
             "safety": {
                 "max_daily_spend_trx": str(self.safety.max_daily_spend_trx),
                 "max_cost_per_sweep_trx": str(self.safety.max_cost_per_sweep_trx),
+                "max_fee_limit_trx": str(self.safety.max_fee_limit_trx),
             },
             "tokens": [
                 {
@@ -292,7 +300,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "stuck_alert_seconds": "pos_int",
         "lease_seconds": "pos_int",
     },
-    "safety": {"max_daily_spend_trx": "pos_decimal", "max_cost_per_sweep_trx": "pos_decimal"},
+    "safety": {
+        "max_daily_spend_trx": "pos_decimal",
+        "max_cost_per_sweep_trx": "pos_decimal",
+        "max_fee_limit_trx": "pos_decimal",
+    },
 }
 _TOKEN_KEYS = {"symbol": "symbol", "contract": "address", "decimals": "decimals", "min_sweep": "pos_decimal"}
 
@@ -320,7 +332,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "stuck_alert_seconds": 1800,
         "lease_seconds": 60,
     },
-    "safety": {"max_daily_spend_trx": "500", "max_cost_per_sweep_trx": "10"},
+    "safety": {"max_daily_spend_trx": "500", "max_cost_per_sweep_trx": "10", "max_fee_limit_trx": "30"},
 }
 
 

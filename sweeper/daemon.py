@@ -321,9 +321,11 @@ class Daemon:
         except Exception:
             log.exception("metrics refresh failed")
             snapshot = None
+        if snapshot is not None:
+            self.pipeline.ordering_paused_reason = snapshot.stats.ordering_paused
         if snapshot is not None and snapshot.stuck.count:
             log.error(
-                "ALERT: sweeps stuck in one state",
+                "ALERT: sweeps stuck: open longer than pipeline.stuck_alert_seconds since first claimed",
                 sweeps=snapshot.stuck.count,
                 longer_than_seconds=self.settings.pipeline.stuck_alert_seconds,
                 by_state=snapshot.stuck.by_state,
@@ -430,6 +432,10 @@ class Daemon:
             checks["detection"] = f"last pass {int(age.total_seconds())} s ago"
             if age > limit:
                 ok = False
+        if self.pipeline.ordering_paused_reason is not None:
+            # Money is at stake: a human must look (`sweeper ordering resume` lifts it).
+            ok = False
+            checks["ordering"] = "paused after an order cost more than safety.max_cost_per_sweep_trx"
         status = self.provider_status
         if status.reachable:
             checks["provider"] = "ok"

@@ -1,7 +1,7 @@
 """The sweep state machine and the value types every other module shares.
 
 This is the one place that says which states exist and which transitions are legal
-(design.md, "The sweep state machine"). The ledger enforces it; the database's CHECK
+(docs/design.md, "The sweep state machine"). The ledger enforces it; the database's CHECK
 constraint is generated from it; a test asserts the two agree.
 """
 
@@ -38,7 +38,9 @@ S = SweepState
 TRANSITIONS: Final[dict[SweepState | None, frozenset[SweepState]]] = {
     None: frozenset({S.QUEUED}),
     S.QUEUED: frozenset({S.ORDERING, S.CANCELLED}),
-    S.ORDERING: frozenset({S.QUEUED, S.CANCELLED, S.ENERGY_ORDERED, S.FAILED}),
+    # ordering -> energy_ready: the measured energy and the bandwidth are already on the address
+    # (a late delegation, an earlier order still delegated): nothing is ordered.
+    S.ORDERING: frozenset({S.QUEUED, S.CANCELLED, S.ENERGY_ORDERED, S.ENERGY_READY, S.FAILED}),
     S.ENERGY_ORDERED: frozenset({S.ENERGY_READY, S.FAILED}),
     S.ENERGY_READY: frozenset({S.SIGNED, S.FAILED}),
     S.SIGNED: frozenset({S.BROADCAST, S.ENERGY_READY}),

@@ -84,11 +84,26 @@ class Metrics:
         )
         self.stuck_sweeps = Gauge(
             "sweeper_stuck_sweeps",
-            "Open sweeps in one state longer than pipeline.stuck_alert_seconds",
+            "Open sweeps first claimed longer than pipeline.stuck_alert_seconds ago",
             registry=r,
         )
         self.deposit_addresses = Gauge(
             "sweeper_deposit_addresses", "Deposit addresses in the ledger", registry=r
+        )
+        self.held_addresses = Gauge(
+            "sweeper_held_addresses",
+            "(address, token) pairs held after a failure that cost money; released by an operator",
+            registry=r,
+        )
+        self.spent_today_sun = Gauge(
+            "sweeper_spent_today_sun",
+            "Charges against today's (UTC) daily spend cap: orders paid less refunds, plus reservations",
+            registry=r,
+        )
+        self.ordering_paused = Gauge(
+            "sweeper_ordering_paused",
+            "1 while energy ordering is paused until `sweeper ordering resume`, else 0",
+            registry=r,
         )
         # Unknown is not zero: a balance of 0 sun would page someone, "not checked yet" should not.
         self.provider_balance_sun.set(math.nan)
@@ -117,6 +132,9 @@ class Metrics:
             self.swept_base_units.labels(token=token).set(total)
         self.energy_spend_sun.set(stats.energy_cost_sun)
         self.deposit_addresses.set(stats.addresses)
+        self.held_addresses.set(stats.held)
+        self.spent_today_sun.set(stats.spent_today_sun)
+        self.ordering_paused.set(1 if stats.ordering_paused else 0)
         self.stuck_sweeps.set(stuck.count)
         self.stuck_count = stuck.count
         if completed is not None:

@@ -2,7 +2,8 @@
 
 queued -> ordering (claimed) -> energy_ordered -> energy_ready -> signed -> broadcast -> confirmed.
 
-The rules that make it exactly once (design.md):
+The rules that make it exactly once, and that keep a failure that cost money from repeating
+(docs/design.md, "Exactly once" and "Money safety"):
 - One energy order per row: `out_trade_no` is the row id; before any POST, and after any answer
   whose outcome is unknown, the order is looked up by out_trade_no and adopted if it is ours.
   A POST whose outcome is unknown is never repeated blindly: the row waits a grace period and the
@@ -11,6 +12,14 @@ The rules that make it exactly once (design.md):
   broadcast; a retry re-broadcasts the same bytes; a new transaction is built only after the old
   one has expired and the solidified chain does not know it.
 - No TRX burnt: a transfer is broadcast only when the chain shows the energy and bandwidth for it.
+- Measured before bought: the exact transfer is simulated (a constant call from the deposit
+  address) before ordering and again before signing; a revert, or a need above what the order
+  delivers, orders nothing. Energy already on the address is used without an order.
+- A failure after money was spent holds the (address, token) until an operator releases it; an
+  unpaid failure cools the pair down (doubling). Rebuilds and rejected broadcasts are bounded.
+- Caps fail closed: no quote, no order; each order is reserved against the UTC day's cap in the
+  same transaction as its order-sent mark; an order that cost more than the per-sweep cap pauses
+  all ordering (in the ledger) until `sweeper ordering resume`.
 - Every state change goes through the ledger with an event row that says why; a worker only moves
   rows it holds the lease of.
 """
@@ -33,6 +42,7 @@ from sweeper.chain import (
     BroadcastRejected,
     ChainError,
     SignedTransfer,
+    Simulation,
     TransactionExpired,
     TronChain,
     TxState,
@@ -41,8 +51,10 @@ from sweeper.chain import (
 from sweeper.config import Settings, TokenSettings
 from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
 from sweeper.keys import HdWallet, KeyRing, KeySourceError, SigningKey
-from sweeper.ledger import Ledger, SweepRecord
+from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.provider import (
+    COLLECT_MANUAL_ENERGY_TO_HOLDER,
+    COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER,
     InsufficientProviderBalance,
     Order,
     OrderOutcomeUnknown,
@@ -57,6 +69,13 @@ log = structlog.get_logger("sweeper.pipeline")
 
 S = SweepState
 REJECTIONS_BEFORE_PAUSE = 3
+# A token is paused (one ALERT) instead of holding each address once this many different deposit
+# addresses' transfers revert with no successful simulation of the token in between.
+TOKEN_PAUSE_AFTER_ADDRESSES = 3
+# What the chain charges to create (activate) an account: reserved on top of the quote for a
+# deposit address that is not activated yet, until the order's real amount replaces it
+# (getCreateNewAccountFeeInSystemContract 1 TRX + getCreateAccountFee 0.1 TRX on mainnet).
+ACTIVATION_RESERVE_SUN = 1_100_000
 WORK_STATES = (S.QUEUED, S.ORDERING, S.ENERGY_ORDERED, S.ENERGY_READY, S.SIGNED, S.BROADCAST)
 
 
@@ -85,6 +104,15 @@ class PipelineOptions:
     poll_max_seconds: float = 30.0
     # A re-created ledger reuses ids: an order created this long before its row is not ours.
     adopt_clock_skew_seconds: float = 120.0
+    max_fee_limit_sun: int = 30_000_000
+    # A transfer whose simulation keeps reverting (not a frozen owner) is held after this long.
+    revert_hold_seconds: float = 600.0
+    revert_retry_seconds: float = 60.0
+    # A paused token: one of its rows is simulated again this often; it resumes when one passes.
+    token_recheck_seconds: float = 600.0
+    no_quote_alert_seconds: float = 3600.0
+    no_quote_retry_seconds: float = 60.0
+    index_data_ttl_seconds: float = 600.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> PipelineOptions:
@@ -97,6 +125,7 @@ class PipelineOptions:
             "energy_ready_timeout_seconds": settings.pipeline.energy_ready_timeout_seconds,
             "max_daily_spend_sun": settings.safety.max_daily_spend_sun,
             "max_cost_per_sweep_sun": settings.safety.max_cost_per_sweep_sun,
+            "max_fee_limit_sun": settings.safety.max_fee_limit_sun,
             "scene": settings.provider.scene,
             "callback_url": settings.provider.callback_url or None,
             "lease_seconds": float(settings.pipeline.lease_seconds),
@@ -174,6 +203,12 @@ class Pipeline:
         self.steps_done = 0
         self.stopping = False  # set by the daemon on SIGTERM: finish the current step, take no next one
         self._consecutive_rejections = 0
+        self._no_quote_since: float | None = None
+        self._last_no_quote_alert: float = 0.0
+        self._index_cache: tuple[float, tuple[int | None, int | None]] | None = None
+        # token symbol -> deposit addresses whose simulation reverted since the token's last success
+        self._reverting: dict[str, set[str]] = {}
+        self.ordering_paused_reason: str | None = None  # the persisted pause, for /healthz
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -185,6 +220,10 @@ class Pipeline:
         if self.dry_run:
             return await self._dry_run_once()
         states: Sequence[SweepState] = WORK_STATES
+        paused = await asyncio.to_thread(self.ledger.pause, ORDERING_PAUSE)
+        self.ordering_paused_reason = paused.reason if paused is not None else None
+        if paused is not None:
+            states = [s for s in WORK_STATES if s is not S.QUEUED]
         if self.ordering_paused_until is not None:
             if self.now() < self.ordering_paused_until:
                 states = [s for s in WORK_STATES if s is not S.QUEUED]
@@ -306,7 +345,13 @@ class Pipeline:
         changes: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         release: bool = False,
+        hold: bool = False,
+        cooldown: bool = False,
     ) -> Step:
+        if row.state is S.ORDERING and target is not S.ENERGY_ORDERED:
+            # Leaving `ordering` without an order of ours: whatever was reserved against the day's
+            # cap was for an order proven never placed (the lookup found none): release it.
+            changes = {"charge_sun": None, **(changes or {})}
         try:
             moved = await asyncio.to_thread(
                 self.ledger.transition,
@@ -318,6 +363,8 @@ class Pipeline:
                 changes=changes,
                 data=data,
                 release=release,
+                hold=hold,
+                cooldown=cooldown,
             )
         except IllegalTransition:
             raise _LostClaim from None
@@ -365,6 +412,34 @@ class Pipeline:
     def _seconds_in_state(self, row: SweepRecord) -> float:
         return (self.now() - row.updated_at).total_seconds()
 
+    # --- failures: hold or cool down ---------------------------------------------------------
+
+    async def _fail(
+        self,
+        row: SweepRecord,
+        reason: str,
+        *,
+        paid: bool,
+        changes: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Step:
+        """Fail the row. `paid`: money was spent (or would be lost again by retrying on its own):
+        the (address, token) is held until an operator releases it. Otherwise the pair cools down
+        (doubling, up to a day) so an unpaid failure cannot loop either. Same transaction."""
+        step = await self._move(
+            row, S.FAILED, reason, changes=changes, data=data, hold=paid, cooldown=not paid
+        )
+        if paid:
+            log.error(
+                "ALERT: deposit address held after a failed sweep; `sweeper addresses release` or "
+                "`sweeper sweeps retry` lifts it",
+                sweep_id=row.id,
+                address=row.address,
+                token=row.token,
+                reason=reason,
+            )
+        return step
+
     # --- ordering: one energy order per row ----------------------------------------------
 
     async def _ordering(self, row: SweepRecord) -> Step:
@@ -394,8 +469,8 @@ class Pipeline:
         if self.ordering_paused_until is not None and self.now() < self.ordering_paused_until:
             return await self._back_to_queue(row, "energy ordering is paused", delay=self._pause_left())
         if row.attempts >= self.options.max_attempts:
-            return await self._move(
-                row, S.FAILED, f"max attempts ({self.options.max_attempts}) reached: {row.last_error}"
+            return await self._fail(
+                row, f"max attempts ({self.options.max_attempts}) reached: {row.last_error}", paid=False
             )
 
         # 2. Nothing ordered yet: is the sweep still worth it, and can we sign for it?
@@ -417,33 +492,137 @@ class Pipeline:
         try:
             await asyncio.to_thread(self.keys.key_for, row.address)
         except KeySourceError as exc:
-            return await self._move(row, S.FAILED, f"no usable key for {row.address}: {exc}")
+            return await self._fail(row, f"no usable key for {row.address}: {exc}", paid=False)
 
-        # 3. Safety caps.
+        # 3. Simulate the exact transfer before buying anything for it.
+        token_pause = token_pause_name(row.token)
+        probe = False
+        if await asyncio.to_thread(self.ledger.pause, token_pause) is not None:
+            next_check = self.now() + timedelta(seconds=self.options.token_recheck_seconds)
+            probe = await asyncio.to_thread(
+                self.ledger.take_pause_check, token_pause, next_check_at=next_check
+            )
+            if not probe:
+                return await self._back_to_queue(
+                    row,
+                    f"{row.token} is paused: every transfer reverted; re-simulated every "
+                    f"{int(self.options.token_recheck_seconds)} s",
+                    delay=self.options.token_recheck_seconds,
+                )
+        try:
+            sim = await self.chain.simulate_transfer(
+                row.address, self.options.destination, balance, token=row.token_contract
+            )
+        except ChainError as exc:  # node errors and timeouts back off; they never hold
+            return await self._back_to_queue(row, f"transfer simulation failed: {exc}")
+        if sim.reverted:
+            return await self._reverted(row, sim, probe=probe)
+        if probe:
+            await asyncio.to_thread(self.ledger.clear_pause, token_pause)
+            log.info("token resumed: a simulated transfer passes again", token=row.token, sweep_id=row.id)
+        self._reverting.pop(row.token, None)
+        need = sim.energy_used
+
+        # 4. Would collect-manual deliver enough? (It decides 65k/131k by whether the destination
+        # holds the token; index-data's figures, when present, must agree.)
+        try:
+            destination_holds = (
+                await self.chain.token_balance(self.options.destination, row.token_contract) > 0
+            )
+            energy_fee = await self.chain.energy_fee()
+        except ChainError as exc:
+            return await self._back_to_queue(row, f"chain read before ordering failed: {exc}")
+        delivered = await self._delivered_energy(destination_holds)
+        if need > delivered:
+            return await self._fail(
+                row,
+                f"the transfer needs {need} energy; collect-manual delivers {delivered}: nothing ordered",
+                paid=True,  # it would fail the same way every time: hold for the operator
+                changes={"energy_needed": need, "order_sent_at": None},
+            )
+        if need * energy_fee > self.options.max_fee_limit_sun:
+            log.error(
+                "ALERT: a transfer's fee_limit would exceed safety.max_fee_limit_trx; nothing ordered",
+                sweep_id=row.id,
+                energy=need,
+                energy_fee_sun=energy_fee,
+                max_fee_limit_trx=format_units(self.options.max_fee_limit_sun, 6),
+            )
+            return await self._back_to_queue(
+                row,
+                f"fee_limit for {need} energy at {energy_fee} sun is {format_units(need * energy_fee, 6)} TRX, "
+                "above safety.max_fee_limit_trx",
+                delay=3600.0,
+            )
+
+        # 5. The energy (and the bandwidth) may already be there: then nothing is bought.
+        try:
+            check = await self.chain.check_resources(
+                row.address, self.options.destination, row.token_contract, energy_needed=need
+            )
+        except ChainError as exc:
+            return await self._back_to_queue(row, f"resource check failed: {exc}")
+        if check.ok:
+            return await self._move(
+                row,
+                S.ENERGY_READY,
+                f"{check.energy_available} energy and {check.bandwidth_available} bandwidth already on the "
+                f"address for a transfer needing {need}: nothing ordered",
+                changes={
+                    "energy_needed": need,
+                    "order_sent_at": None,
+                    "charge_sun": None,
+                    "reverting_since": None,
+                    "last_error": None,
+                    "next_attempt_at": None,
+                },
+            )
+
+        # 6. Caps, failing closed: no quote, no order; the reservation and the order-sent mark are
+        # one transaction against the UTC day's locked budget row.
+        if await asyncio.to_thread(self.ledger.pause, ORDERING_PAUSE) is not None:
+            return await self._back_to_queue(row, "energy ordering is paused", delay=60.0)
         price = await self._price()
-        if price is not None and price > self.options.max_cost_per_sweep_sun:
+        if price is None:
+            return await self._back_to_queue(
+                row,
+                "no energy price quote: nothing is ordered without one",
+                delay=self.options.no_quote_retry_seconds,
+            )
+        if price > self.options.max_cost_per_sweep_sun:
             return await self._back_to_queue(
                 row,
                 f"energy price {format_units(price, 6)} TRX is above safety.max_cost_per_sweep_trx",
                 delay=3600.0,
             )
-        day_start = self.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        spent = await asyncio.to_thread(self.ledger.energy_spent_since, day_start)
-        if spent + (price or 0) > self.options.max_daily_spend_sun:
+        reserve = price + (0 if check.activated else ACTIVATION_RESERVE_SUN)
+        reservation = await asyncio.to_thread(
+            self.ledger.reserve_order,
+            row.id,
+            self.worker_id,
+            price_sun=reserve,
+            cap_sun=self.options.max_daily_spend_sun,
+        )
+        if reservation is None:
+            raise _LostClaim
+        if not reservation.reserved:
+            day_start = datetime.strptime(reservation.day, "%Y-%m-%d").replace(tzinfo=UTC)
             tomorrow = day_start + timedelta(days=1)
             log.warning(
-                "daily energy spend cap reached", spent_sun=spent, cap_sun=self.options.max_daily_spend_sun
+                "daily energy spend cap reached",
+                spent_sun=reservation.spent_sun,
+                cap_sun=self.options.max_daily_spend_sun,
+                day=reservation.day,
             )
             return await self._back_to_queue(
                 row,
-                f"daily spend cap reached ({format_units(spent, 6)} TRX spent today)",
+                f"daily spend cap reached ({format_units(reservation.spent_sun, 6)} TRX charged on "
+                f"{reservation.day} UTC)",
                 delay=(tomorrow - self.now()).total_seconds() + 1,
             )
 
-        # 4. Order. Written down first: whatever happens next (a lost answer, a crash), the lookup
-        # in step 1 and the settle wait above guard the following attempt.
-        if not await asyncio.to_thread(self.ledger.mark_order_sent, row.id, self.worker_id, self.now()):
-            raise _LostClaim
+        # 7. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
+        # lookup in step 1 and the settle wait guard the following attempt.
         try:
             order = await self.provider.collect_manual(
                 row.address,
@@ -470,8 +649,12 @@ class Pipeline:
         except OrderRejected as exc:
             if exc.field_errors:  # the request itself names what is wrong with this sweep
                 self._consecutive_rejections = 0
-                return await self._move(
-                    row, S.FAILED, f"provider rejected the order: {exc}", data={"raw": exc.raw}
+                return await self._fail(
+                    row,
+                    f"provider rejected the order: {exc}",
+                    paid=False,
+                    changes={"charge_sun": None, "order_sent_at": None},
+                    data={"raw": exc.raw},
                 )
             # A bare errno with a healthy balance may be this order, or a wrong api secret or a
             # skewed clock that refuses every order: retry with backoff (max_attempts fails the
@@ -489,6 +672,7 @@ class Pipeline:
             await self._release(row, self.options.order_grace_seconds, f"provider error: {exc}", count=True)
             return Step.WAIT
         self._consecutive_rejections = 0
+        await asyncio.to_thread(self._check_real_cost, row, order.amount_sun, order.serial)
         return await self._move(
             row,
             S.ENERGY_ORDERED,
@@ -497,11 +681,103 @@ class Pipeline:
                 "serial": order.serial,
                 "scene": order.scene,
                 "cost_sun": order.amount_sun,
+                "charge_sun": order.amount_sun,  # the reservation becomes the real amount
                 "provider_balance_sun": order.balance_sun,
+                "energy_needed": need,
+                "reverting_since": None,
                 "last_error": None,
                 "next_attempt_at": None,
             },
         )
+
+    async def _reverted(self, row: SweepRecord, sim: Simulation, *, probe: bool) -> Step:
+        """The simulated transfer reverted: nothing is ordered. Frozen owner: fail and hold now.
+        Another reason: back off and simulate again; hold if it still reverts after
+        `revert_hold_seconds`; pause the whole token when its transfers revert everywhere."""
+        what = f"the simulated transfer reverts ({sim.message or 'no reason given'})"
+        try:
+            frozen = await self.chain.is_blacklisted(row.address, token=row.token_contract)
+        except ChainError as exc:
+            return await self._back_to_queue(row, f"{what}; freeze check failed: {exc}")
+        if frozen:
+            return await self._fail(
+                row,
+                f"{what}: {row.address} is frozen by the {row.token} contract (isBlackListed); nothing ordered",
+                paid=True,
+                changes={"order_sent_at": None, "charge_sun": None},
+            )
+        token_pause = token_pause_name(row.token)
+        if probe:
+            return await self._back_to_queue(
+                row, f"{what}; {row.token} stays paused", delay=self.options.token_recheck_seconds
+            )
+        reverting = self._reverting.setdefault(row.token, set())
+        reverting.add(row.address)
+        if len(reverting) >= TOKEN_PAUSE_AFTER_ADDRESSES:
+            next_check = self.now() + timedelta(seconds=self.options.token_recheck_seconds)
+            if await asyncio.to_thread(
+                self.ledger.set_pause,
+                token_pause,
+                f"{what} for {len(reverting)} addresses",
+                next_check_at=next_check,
+            ):
+                log.error(
+                    "ALERT: every transfer of this token reverts (token paused, or the destination frozen?); "
+                    "its sweeps are paused and one is re-simulated periodically",
+                    token=row.token,
+                    addresses=len(reverting),
+                    reason=sim.message,
+                    recheck_seconds=self.options.token_recheck_seconds,
+                )
+            reverting.clear()
+        if await asyncio.to_thread(self.ledger.pause, token_pause) is not None:
+            return await self._back_to_queue(
+                row,
+                f"{what}; {row.token} is paused",
+                delay=self.options.token_recheck_seconds,
+                changes={"reverting_since": None},
+            )
+        since = row.reverting_since or self.now()
+        if (self.now() - since).total_seconds() >= self.options.revert_hold_seconds:
+            return await self._fail(
+                row,
+                f"{what} since {since.isoformat()}: nothing ordered",
+                paid=True,
+                changes={"order_sent_at": None, "charge_sun": None},
+            )
+        return await self._back_to_queue(
+            row, what, delay=self.options.revert_retry_seconds, changes={"reverting_since": since}
+        )
+
+    async def _delivered_energy(self, destination_holds: bool) -> int:
+        """What collect-manual delegates for this destination: the documented figure, lowered by
+        index-data's when the provider states one (a missing value means unknown, not a failure)."""
+        documented = (
+            COLLECT_MANUAL_ENERGY_TO_HOLDER if destination_holds else COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER
+        )
+        cached = self._index_cache
+        if cached is None or time.monotonic() - cached[0] >= self.options.index_data_ttl_seconds:
+            try:
+                index = await self.provider.index_data()
+                figures = (index.usdt_energy_need_old, index.usdt_energy_need_new)
+            except ProviderError as exc:
+                log.warning("provider index-data unavailable; using the documented energy", error=str(exc))
+                figures = (None, None)
+            cached = self._index_cache = (time.monotonic(), figures)
+        stated = cached[1][0] if destination_holds else cached[1][1]
+        return min(documented, stated) if stated else documented
+
+    def _check_real_cost(self, row: SweepRecord, amount_sun: int | None, serial: str) -> None:
+        """An order that cost more than max_cost_per_sweep pauses ALL ordering until an operator
+        resumes it (stored in the ledger: a restart does not lift it)."""
+        if amount_sun is None or amount_sun <= self.options.max_cost_per_sweep_sun:
+            return
+        reason = (
+            f"energy order {serial} for sweep {row.id} cost {format_units(amount_sun, 6)} TRX, above "
+            f"safety.max_cost_per_sweep_trx ({format_units(self.options.max_cost_per_sweep_sun, 6)} TRX)"
+        )
+        if self.ledger.set_pause(ORDERING_PAUSE, reason):
+            log.error("ALERT: energy ordering paused until `sweeper ordering resume`", reason=reason)
 
     async def _adopt(self, row: SweepRecord, order: Order) -> Step:
         skew = timedelta(seconds=self.options.adopt_clock_skew_seconds)
@@ -519,44 +795,60 @@ class Pipeline:
                 order_address=order.receive_address,
                 order_created=order.create_time,
             )
-            return await self._move(
+            return await self._fail(
                 row,
-                S.FAILED,
                 f"order {order.serial} found for out_trade_no {row.id} belongs to {order.receive_address} "
                 f"created {order.create_time}: not this sweep's; not adopted",
+                paid=False,
+                changes={"charge_sun": None},
             )
+        changes: dict[str, Any] = {
+            "serial": order.serial,
+            "cost_sun": order.amount_sun,
+            "last_error": None,
+            "next_attempt_at": None,
+        }
+        if order.amount_sun is not None:
+            changes["charge_sun"] = order.amount_sun
+            if row.charge_day is None:
+                changes["charge_day"] = utc_day(self.now())
+        await asyncio.to_thread(self._check_real_cost, row, order.amount_sun, order.serial)
         return await self._move(
             row,
             S.ENERGY_ORDERED,
             f"adopted existing order {order.serial} for out_trade_no {row.id}",
-            changes={
-                "serial": order.serial,
-                "cost_sun": order.amount_sun,
-                "last_error": None,
-                "next_attempt_at": None,
-            },
+            changes=changes,
         )
 
     async def _ordering_error(self, row: SweepRecord, error: str) -> Step:
         return await self._retry_later(row, error, count=True)
 
     async def _back_to_queue(
-        self, row: SweepRecord, reason: str, *, delay: float | None = None, count: bool = False
+        self,
+        row: SweepRecord,
+        reason: str,
+        *,
+        delay: float | None = None,
+        count: bool = False,
+        changes: dict[str, Any] | None = None,
     ) -> Step:
         """Nothing was ordered (the lookup said so): back to `queued` with a later next attempt.
 
         Only reached once no earlier POST can still land (the settle wait) or after the provider
-        answered this one: the order-sent mark is cleared.
+        answered this one: the order-sent mark is cleared, and so is any reservation against the
+        day's cap (an order proven never placed costs nothing).
         """
         wait = delay if delay is not None else self._backoff(row.attempts)
-        changes: dict[str, Any] = {
+        values: dict[str, Any] = {
             "next_attempt_at": self.now() + timedelta(seconds=wait),
             "last_error": reason[:1000],
             "order_sent_at": None,
+            "charge_sun": None,
+            **(changes or {}),
         }
         if count:
-            changes["attempts"] = row.attempts + 1
-        return await self._move(row, S.QUEUED, reason, changes=changes, release=True)
+            values["attempts"] = row.attempts + 1
+        return await self._move(row, S.QUEUED, reason, changes=values, release=True)
 
     def _pause_ordering(self, why: str) -> None:
         self.ordering_paused_until = self.now() + timedelta(seconds=self.options.low_balance_pause_seconds)
@@ -572,26 +864,54 @@ class Pipeline:
         return max(1.0, (self.ordering_paused_until - self.now()).total_seconds())
 
     async def _price(self) -> int | None:
-        """The provider's price for one sweep to our destination (cached for a minute)."""
+        """The provider's price for one sweep to our destination (cached for a minute).
+
+        None: no quote, and then nothing is ordered (the caps fail closed); an ALERT after
+        `no_quote_alert_seconds` without one.
+        """
         cached = self._price_cache
         if cached is not None and time.monotonic() - cached[0] < 60:
             return cached[1]
         try:
             quote = await self.provider.price(to_address=self.options.destination)
         except ProviderError as exc:
-            log.warning("energy price unavailable; the daily cap uses recorded costs only", error=str(exc))
+            now = time.monotonic()
+            self._no_quote_since = self._no_quote_since or now
+            if (
+                now - self._no_quote_since >= self.options.no_quote_alert_seconds
+                and now - self._last_no_quote_alert >= self.options.no_quote_alert_seconds
+            ):
+                self._last_no_quote_alert = now
+                log.error(
+                    "ALERT: no energy price quote for over an hour; nothing is being ordered",
+                    since_seconds=round(now - self._no_quote_since),
+                    error=str(exc),
+                )
+            else:
+                log.warning("energy price unavailable; nothing is ordered without a quote", error=str(exc))
             return None
+        self._no_quote_since = None
         self._price_cache = (time.monotonic(), quote.total_price_sun)
         return quote.total_price_sun
+
+    async def _need(self, row: SweepRecord) -> int | None:
+        """The measured energy of the row's transfer (simulated now for rows from before 0004)."""
+        if row.energy_needed is not None:
+            return row.energy_needed
+        amount = row.amount if row.amount > 0 else row.observed_amount
+        sim = await self.chain.simulate_transfer(
+            row.address, self.options.destination, amount, token=row.token_contract
+        )
+        return None if sim.reverted else sim.energy_used
 
     # --- energy ordered: wait for the delegation ---------------------------------------
 
     async def _energy_ordered(self, row: SweepRecord) -> Step:
         if self._seconds_in_state(row) > self.options.order_timeout_seconds:
-            return await self._move(
+            return await self._fail(
                 row,
-                S.FAILED,
                 f"energy order {row.serial} not completed within {self.options.order_timeout_seconds} s",
+                paid=True,
             )
         try:
             order = await self.provider.query_order(serial=row.serial, out_trade_no=str(row.id))
@@ -601,15 +921,26 @@ class Pipeline:
             await self._release(row, self._poll_delay(row), f"order {row.serial} not found (yet)")
             return Step.WAIT
         if order.status.is_final and not order.status.is_success:
-            return await self._move(
-                row, S.FAILED, f"energy order {order.serial} ended with status {order.status.value}"
+            amount = order.amount_sun if order.amount_sun is not None else (row.cost_sun or 0)
+            refund = order.refund_amount_sun
+            paid = refund < amount
+            return await self._fail(
+                row,
+                f"energy order {order.serial} ended with status {order.status.value}"
+                f" (cost {format_units(amount, 6)} TRX, refunded {format_units(refund, 6)} TRX)",
+                paid=paid,
+                # A refund is credited back against the day's cap.
+                changes={"refund_sun": refund, "charge_sun": max(0, amount - refund)},
             )
         if not order.status.is_success:
             await self._release(row, self._poll_delay(row))
             return Step.WAIT
         try:
+            need = await self._need(row)
+            if need is None:
+                return await self._fail(row, "the transfer now reverts in simulation", paid=True)
             check = await self.chain.check_resources(
-                row.address, self.options.destination, row.token_contract
+                row.address, self.options.destination, row.token_contract, energy_needed=need
             )
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
@@ -623,41 +954,77 @@ class Pipeline:
             S.ENERGY_READY,
             f"order {order.serial} completed; chain shows {check.energy_available} energy, "
             f"{check.bandwidth_available} bandwidth",
-            changes={"last_error": None, "next_attempt_at": None},
+            changes={"last_error": None, "next_attempt_at": None, "energy_needed": need},
         )
 
-    # --- energy ready: build, verify, sign, store -------------------------------------
+    # --- energy ready: simulate again, build, verify, sign, store ----------------------
 
     async def _energy_ready(self, row: SweepRecord) -> Step:
         token = row.token_contract
+        if row.send_attempts > self.options.max_attempts:
+            return await self._fail(
+                row,
+                f"gave up after {row.send_attempts} rebuilds / rejected broadcasts "
+                f"(pipeline.max_attempts = {self.options.max_attempts}): {row.last_error}",
+                paid=True,
+            )
         try:
             balance = await self.chain.token_balance(row.address, token)
         except ChainError as exc:
             return await self._retry_later(row, f"balance read failed: {exc}")
         if balance == 0:
-            return await self._move(row, S.FAILED, "the address's balance is now zero: nothing to sweep")
+            return await self._fail(row, "the address's balance is now zero: nothing to sweep", paid=True)
+        # Simulated again right before signing: the need may have grown since the order (the
+        # destination emptied of the token) or the transfer may revert now.
         try:
-            check = await self.chain.check_resources(row.address, self.options.destination, token)
+            sim = await self.chain.simulate_transfer(
+                row.address, self.options.destination, balance, token=token
+            )
+            if sim.reverted:
+                return await self._fail(
+                    row,
+                    f"the transfer reverts in simulation before signing: {sim.message or 'no reason'}",
+                    paid=True,
+                )
+            check = await self.chain.check_resources(
+                row.address, self.options.destination, token, energy_needed=sim.energy_used
+            )
+            energy_fee = await self.chain.energy_fee()
         except ChainError as exc:
-            return await self._retry_later(row, f"resource check failed: {exc}")
+            return await self._retry_later(row, f"simulation / resource check failed: {exc}")
+        ordered_for = row.energy_needed or 0
+        if sim.energy_used > check.energy_available and sim.energy_used > ordered_for:
+            return await self._fail(
+                row,
+                f"the transfer now needs {sim.energy_used} energy (measured {ordered_for} when ordering); "
+                f"the address has {check.energy_available}: not broadcast",
+                paid=True,
+            )
         if not check.ok:
             if self._seconds_in_state(row) > self.options.energy_ready_timeout_seconds:
-                return await self._move(
+                return await self._fail(
                     row,
-                    S.FAILED,
                     f"energy/bandwidth gone for over {self.options.energy_ready_timeout_seconds} s: "
                     + "; ".join(check.reasons),
+                    paid=True,
                 )
             await self._release(row, self._poll_delay(row), "resources missing: " + "; ".join(check.reasons))
             return Step.WAIT
+        if sim.energy_used * energy_fee > self.options.max_fee_limit_sun:
+            return await self._fail(
+                row,
+                f"fee_limit for {sim.energy_used} energy at {energy_fee} sun exceeds safety.max_fee_limit_trx",
+                paid=True,
+            )
         try:
+            fee_limit = min(await self.chain.fee_limit_for(sim.energy_used), self.options.max_fee_limit_sun)
             key = await asyncio.to_thread(self.keys.key_for, row.address)
             unsigned = await self.chain.build_transfer(
                 row.address,
                 self.options.destination,
                 balance,
                 token=token,
-                energy_needed=check.energy_needed,
+                fee_limit_sun=fee_limit,
             )
             signed = self.chain.sign_transfer(unsigned, key)
         except UnsafeTransaction as exc:
@@ -668,7 +1035,7 @@ class Pipeline:
             )
             return await self._retry_later(row, f"unsafe transaction refused: {exc}", count=True)
         except KeySourceError as exc:
-            return await self._move(row, S.FAILED, f"no usable key: {exc}")
+            return await self._fail(row, f"no usable key: {exc}", paid=True)
         except (ChainError, TransactionExpired) as exc:
             return await self._retry_later(row, f"building the transfer failed: {exc}")
         # Stored BEFORE broadcasting: a crash after this line re-broadcasts these exact bytes.
@@ -682,6 +1049,7 @@ class Pipeline:
                 "expiration": signed.expires_at,
                 "amount": balance,
                 "destination": self.options.destination,
+                "energy_needed": sim.energy_used,
                 "last_error": None,
             },
         )
@@ -698,8 +1066,17 @@ class Pipeline:
             )
         if self.now() >= row.expiration:
             return await self._rebuild_if_unknown(row, signed)
+        if row.send_attempts > self.options.max_attempts:
+            # Out of broadcast attempts: no more sends; once the transaction has expired unknown to
+            # the chain, the row fails (and holds).
+            wait = (row.expiration - self.now()).total_seconds() + self.options.poll_min_seconds
+            await self._release(row, max(self.options.poll_min_seconds, wait))
+            return Step.WAIT
         try:
-            check = await self.chain.check_resources(row.address, signed.destination, row.token_contract)
+            need = await self._need(row)
+            check = await self.chain.check_resources(
+                row.address, signed.destination, row.token_contract, energy_needed=need or 0
+            )
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
         if not check.ok:
@@ -723,12 +1100,27 @@ class Pipeline:
         except BroadcastRejected as exc:
             if exc.expired and self.now() >= row.expiration:
                 return await self._rebuild_if_unknown(row, signed)
-            # Expired for the node while our clock says it is not: our clock is behind the chain's,
-            # and a rebuilt transfer would be expired too. Back off (no rebuild loop) until it expires.
-            return await self._retry_later(row, f"broadcast rejected: {exc.code} {exc.message}")
+            # Counted: past pipeline.max_attempts no more sends; the row fails once the stored
+            # transaction has expired unknown to the chain. (Expired for the node while our clock
+            # says it is not: our clock is behind the chain's, and a rebuilt transfer would be
+            # expired too: back off, no rebuild loop.)
+            error = f"broadcast rejected: {exc.code} {exc.message}"
+            await self._move_counted(row, error)
+            return Step.WAIT
         except ChainError as exc:
             return await self._retry_later(row, f"broadcast failed: {exc}")
         return await self._move(row, S.BROADCAST, f"broadcast {signed.txid}: {result.outcome.value}")
+
+    async def _move_counted(self, row: SweepRecord, error: str) -> None:
+        """A rejected broadcast: count it against pipeline.max_attempts and back off."""
+        log.warning("sweep step will be retried", sweep_id=row.id, state=row.state.value, error=error)
+        with contextlib.suppress(_LostClaim):
+            moved = await asyncio.to_thread(
+                self.ledger.count_send_attempt, row.id, self.worker_id, error[:1000],
+                self.now() + timedelta(seconds=self._backoff(row.send_attempts)),
+            )  # fmt: skip
+            if not moved:
+                raise _LostClaim
 
     async def _rebuild_if_unknown(self, row: SweepRecord, signed: SignedTransfer) -> Step:
         """The stored transaction expired: rebuild only if the chain can no longer include it."""
@@ -739,18 +1131,29 @@ class Pipeline:
         except ChainError as exc:
             return await self._retry_later(row, f"status of {signed.txid} unknown: {exc}")
         if status.state is TxState.EXPIRED:
-            return await self._move(
-                row,
-                S.ENERGY_READY,
-                f"transaction {signed.txid} expired and is unknown to the chain: rebuild",
-                changes={"txid": None, "signed_tx": None, "expiration": None},
-            )
+            return await self._expired(row, f"transaction {signed.txid} expired and is unknown to the chain")
         if status.state is TxState.PENDING:
             await self._release(row, self.options.poll_min_seconds)
             return Step.WAIT
         # The chain has it (confirmed or failed): it was broadcast after all.
         return await self._move(
             row, S.BROADCAST, f"transaction {signed.txid} found on chain ({status.state.value})"
+        )
+
+    async def _expired(self, row: SweepRecord, what: str) -> Step:
+        """Rebuild: a new transaction, counted against pipeline.max_attempts (energy_ready fails the
+        row, held, once they are used up; a signed row itself never fails while its bytes could land)."""
+        return await self._move(
+            row,
+            S.ENERGY_READY,
+            f"{what}: rebuild",
+            changes={
+                "txid": None,
+                "signed_tx": None,
+                "expiration": None,
+                "send_attempts": row.send_attempts + 1,
+                "last_error": what[:1000],
+            },
         )
 
     # --- broadcast: confirm on a solidified block -------------------------------------
@@ -768,17 +1171,12 @@ class Pipeline:
             await self._release(row, self.options.poll_min_seconds)
             return Step.WAIT
         if status.state is TxState.EXPIRED:
-            return await self._move(
-                row,
-                S.ENERGY_READY,
-                f"transaction {row.txid} was never included and has expired: rebuild",
-                changes={"txid": None, "signed_tx": None, "expiration": None},
-            )
+            return await self._expired(row, f"transaction {row.txid} was never included and has expired")
         if status.state is TxState.FAILED:
-            return await self._move(
+            return await self._fail(
                 row,
-                S.FAILED,
                 f"transaction {row.txid} failed on chain: {status.reason}",
+                paid=True,
                 data={"fee_sun": status.fee_sun},
             )
         moved = sum(

@@ -192,6 +192,13 @@ class TieredPrice:
     price_sun: int  # per energy unit
 
 
+# The energy collect-manual delegates for one USDT transfer, per the provider's docs (the seed
+# page): ~65k when the `to_address` already holds the token, ~131k when it holds none. The
+# pipeline orders nothing when the measured need is above what would be delivered.
+COLLECT_MANUAL_ENERGY_TO_HOLDER = 65_000
+COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER = 131_000
+
+
 @dataclass(frozen=True)
 class IndexData:
     balance_sun: int

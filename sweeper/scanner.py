@@ -79,6 +79,7 @@ class PassReport:
     candidates: list[Candidate] = field(default_factory=list)  # only when asked (memory stays flat)
     queued: int = 0
     skipped_open: int = 0  # (address, token) pairs not read because a sweep is already open
+    skipped_held: int = 0  # … because the pair is held or cooling down
     resumed_after_id: int = 0
     completed: bool = False
     seconds: float = 0.0
@@ -251,7 +252,11 @@ class Scanner:
         for token in self.tokens:
             open_already = await asyncio.to_thread(self.ledger.with_open_sweep, token.symbol, page)
             report.skipped_open += len(open_already)
-            jobs.extend(read(address, token) for address in page if address not in open_already)
+            # Held (a paid failure) or cooling down (unpaid ones): not queued, so not read either.
+            blocked = await asyncio.to_thread(self.ledger.blocked, token.symbol, page)
+            report.skipped_held += len(blocked - open_already)
+            skip = open_already | blocked
+            jobs.extend(read(address, token) for address in page if address not in skip)
         await asyncio.gather(*jobs)
         if failures:
             raise ScanError(

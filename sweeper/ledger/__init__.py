@@ -2,26 +2,38 @@
 
 from sweeper.ledger.db import SchemaNotReady, make_engine, require_head, upgrade
 from sweeper.ledger.ledger import (
+    ORDERING_PAUSE,
+    CooldownRecord,
     DepositAddressRecord,
+    HoldRecord,
     Ledger,
     LedgerError,
     NewAddress,
     OpenSweepExists,
+    PauseRecord,
+    Reservation,
     ScanPassState,
     Stats,
     SweepEventRecord,
     SweepNotFound,
     SweepRecord,
+    token_pause_name,
+    utc_day,
 )
 from sweeper.ledger.lock import LedgerLocked, SqliteLedgerLock
 
 __all__ = [
+    "ORDERING_PAUSE",
+    "CooldownRecord",
     "DepositAddressRecord",
+    "HoldRecord",
     "Ledger",
     "LedgerError",
     "LedgerLocked",
     "NewAddress",
     "OpenSweepExists",
+    "PauseRecord",
+    "Reservation",
     "ScanPassState",
     "SchemaNotReady",
     "SqliteLedgerLock",
@@ -31,5 +43,7 @@ __all__ = [
     "SweepRecord",
     "make_engine",
     "require_head",
+    "token_pause_name",
     "upgrade",
+    "utc_day",
 ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sweeper.domain import (
@@ -25,12 +25,36 @@ from sweeper.domain import (
     is_legal,
     utcnow,
 )
-from sweeper.ledger.models import MAX_BASE_UNITS, DepositAddress, ScanProgress, Sweep, SweepEvent
+from sweeper.ledger.models import (
+    MAX_BASE_UNITS,
+    AddressCooldown,
+    AddressHold,
+    BudgetDay,
+    DepositAddress,
+    Pause,
+    ScanProgress,
+    Sweep,
+    SweepEvent,
+)
 
 sweeps = cast(Table, Sweep.__table__)
 events = cast(Table, SweepEvent.__table__)
 addresses = cast(Table, DepositAddress.__table__)
 scan_progress = cast(Table, ScanProgress.__table__)
+holds = cast(Table, AddressHold.__table__)
+cooldowns = cast(Table, AddressCooldown.__table__)
+pauses = cast(Table, Pause.__table__)
+budget_days = cast(Table, BudgetDay.__table__)
+
+# Unpaid failures space the next attempt for the (address, token): 5 min, doubling, at most a day.
+COOLDOWN_BASE_SECONDS = 300
+COOLDOWN_MAX_SECONDS = 86_400
+ORDERING_PAUSE = "ordering"
+
+
+def token_pause_name(token: str) -> str:
+    return f"token:{token}"
+
 
 # Columns a transition may set besides the state. Anything else (ids, address, token,
 # observed_amount, created_at) is fixed when the row is born.
@@ -38,7 +62,8 @@ MUTABLE_COLUMNS = frozenset(
     {
         "amount", "destination", "serial", "scene", "cost_sun", "provider_balance_sun", "txid",
         "signed_tx", "expiration", "attempts", "next_attempt_at", "claimed_by", "lease_until",
-        "last_error", "order_sent_at",
+        "last_error", "order_sent_at", "energy_needed", "charge_sun", "charge_day", "refund_sun",
+        "send_attempts", "reverting_since",
     }
 )  # fmt: skip
 
@@ -75,6 +100,13 @@ class SweepRecord:
     attempts: int
     next_attempt_at: datetime | None
     order_sent_at: datetime | None
+    energy_needed: int | None
+    charge_sun: int | None
+    charge_day: str | None
+    refund_sun: int | None
+    send_attempts: int
+    first_claimed_at: datetime | None
+    reverting_since: datetime | None
     claimed_by: str | None
     lease_until: datetime | None
     last_error: str | None
@@ -117,6 +149,45 @@ class DepositAddressRecord:
 
 
 @dataclass(frozen=True)
+class HoldRecord:
+    id: int
+    address: str
+    token: str
+    sweep_id: int | None
+    reason: str
+    held_at: datetime
+    released_at: datetime | None = None
+    released_by: str | None = None
+    release_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CooldownRecord:
+    address: str
+    token: str
+    failures: int
+    until: datetime
+    last_reason: str
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    name: str
+    reason: str
+    since: datetime
+    next_check_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of `reserve_order`: reserved (and marked sent), or the cap said no."""
+
+    reserved: bool
+    spent_sun: int  # the day's charges (reservations included) before this one
+    day: str
+
+
+@dataclass(frozen=True)
 class NewAddress:
     address: str
     source: str  # hd | file | keyfile | import
@@ -144,6 +215,14 @@ class Stats:
     swept_by_token: dict[str, int]  # base units moved by confirmed sweeps
     energy_cost_sun: int  # provider spend recorded on sweeps
     addresses: int
+    held: int = 0  # (address, token) pairs held after a paid failure
+    spent_today_sun: int = 0  # charges against today's (UTC) cap, reservations included
+    ordering_paused: str | None = None  # why ordering is paused (a cost anomaly), if it is
+
+
+def utc_day(at: datetime) -> str:
+    """The budget day (UTC) an instant belongs to: 'YYYY-MM-DD'."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
 def _check_amount(name: str, value: int) -> None:
@@ -169,11 +248,14 @@ class Ledger:
         retry_of: int | None = None,
         actor: str | None = None,
     ) -> int | None:
-        """Queue a sweep; None when (address, token) already has an open one (the index decides)."""
+        """Queue a sweep; None when (address, token) already has an open one (the index decides),
+        is held after a paid failure, or is cooling down after unpaid ones."""
         _check_amount("observed_amount", observed_amount)
         now = self.now()
         try:
             with self.engine.begin() as conn:
+                if self._blocked(conn, address, token, now):
+                    return None
                 return self._insert_queued(
                     conn, address, token, token_contract, observed_amount, reason, retry_of, actor, now
                 )
@@ -181,6 +263,19 @@ class Ledger:
             if _is_open_sweep_conflict(exc):
                 return None
             raise
+
+    def _blocked(self, conn: Connection, address: str, token: str, now: datetime) -> bool:
+        held = conn.execute(
+            select(holds.c.id).where(
+                holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
+            )
+        ).first()
+        if held is not None:
+            return True
+        until = conn.execute(
+            select(cooldowns.c.until).where(cooldowns.c.address == address, cooldowns.c.token == token)
+        ).scalar()
+        return until is not None and until > now
 
     def _insert_queued(
         self,
@@ -226,6 +321,8 @@ class Ledger:
         changes: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         release: bool = False,
+        hold: bool = False,
+        cooldown: bool = False,
     ) -> SweepRecord:
         """Move a sweep from `source` (the state the caller saw) to `target`, with its event row.
 
@@ -233,7 +330,16 @@ class Ledger:
         whose lease was taken over cannot move the row. `release` drops the claim (final states
         always do). Raises IllegalTransition, changing nothing, if the transition is not in the
         table or the row is no longer in `source`.
+
+        A failure says what follows, in the same transaction: `hold` (money was spent: the
+        (address, token) is not queued again until an operator releases it) or `cooldown` (nothing
+        was spent: the next sweep of the pair waits, doubling per failure). A confirmed sweep clears
+        its pair's cooldown.
         """
+        if (hold or cooldown) and target is not SweepState.FAILED:
+            raise ValueError("hold and cooldown only follow a failure")
+        if hold and cooldown:
+            raise ValueError("a failure either holds or cools down, not both")
         sources = frozenset({source} if isinstance(source, SweepState) else source)
         if not sources:
             raise IllegalTransition("no source state given")
@@ -246,8 +352,9 @@ class Ledger:
             raise ValueError(f"cannot set {sorted(unknown)} in a transition")
         if "amount" in values:
             _check_amount("amount", values["amount"])
-        if "cost_sun" in values and values["cost_sun"] is not None:
-            _check_amount("cost_sun", values["cost_sun"])
+        for name in ("cost_sun", "charge_sun", "refund_sun", "energy_needed"):
+            if values.get(name) is not None:
+                _check_amount(name, values[name])
         now = self.now()
         if release or target in FINAL_STATES:
             values.update(claimed_by=None, lease_until=None)
@@ -282,7 +389,55 @@ class Ledger:
             if result is None:  # pragma: no cover - the row lock above makes this unreachable
                 raise IllegalTransition(f"sweep {sweep_id} changed under us; nothing changed")
             self._event(conn, sweep_id, current.state, target, reason, holder, data, now)
+            if hold:
+                self._hold(conn, result.address, result.token, sweep_id, reason, now)
+            elif cooldown:
+                self._cool_down(conn, result.address, result.token, reason, now)
+            elif target is SweepState.CONFIRMED:
+                conn.execute(
+                    delete(cooldowns).where(
+                        cooldowns.c.address == result.address, cooldowns.c.token == result.token
+                    )
+                )
         return SweepRecord.from_row(result)
+
+    def _hold(
+        self, conn: Connection, address: str, token: str, sweep_id: int | None, reason: str, now: datetime
+    ) -> None:
+        active = conn.execute(
+            select(holds.c.id).where(
+                holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
+            )
+        ).first()
+        if active is None:
+            conn.execute(
+                insert(holds).values(
+                    address=address, token=token, sweep_id=sweep_id, reason=reason[:1000], held_at=now
+                )
+            )
+
+    def _cool_down(self, conn: Connection, address: str, token: str, reason: str, now: datetime) -> None:
+        known = conn.execute(
+            select(cooldowns.c.failures)
+            .where(cooldowns.c.address == address, cooldowns.c.token == token)
+            .with_for_update()
+        ).scalar()
+        failures = (known or 0) + 1
+        wait = min(COOLDOWN_MAX_SECONDS, COOLDOWN_BASE_SECONDS * 2 ** min(failures - 1, 20))
+        values = {
+            "failures": failures,
+            "until": now + timedelta(seconds=wait),
+            "last_reason": reason[:1000],
+            "updated_at": now,
+        }
+        if known is None:
+            conn.execute(insert(cooldowns).values(address=address, token=token, **values))
+        else:
+            conn.execute(
+                update(cooldowns)
+                .where(cooldowns.c.address == address, cooldowns.c.token == token)
+                .values(**values)
+            )
 
     def _event(
         self,
@@ -342,7 +497,14 @@ class Ledger:
             if not ids:
                 return []
             conn.execute(
-                update(sweeps).where(sweeps.c.id.in_(ids)).values(claimed_by=worker, lease_until=lease_until)
+                update(sweeps)
+                .where(sweeps.c.id.in_(ids))
+                .values(
+                    claimed_by=worker,
+                    lease_until=lease_until,
+                    # The stuck alert counts from here; a return to `queued` never resets it.
+                    first_claimed_at=func.coalesce(sweeps.c.first_claimed_at, now),
+                )
             )
             queued = list(
                 conn.execute(
@@ -395,6 +557,25 @@ class Ledger:
             )
             return result.rowcount == 1
 
+    def count_send_attempt(
+        self, sweep_id: int, worker: str, last_error: str, next_attempt_at: datetime
+    ) -> bool:
+        """A rejected broadcast: one more against pipeline.max_attempts, and give the row back
+        until `next_attempt_at`. Not a state change. False if the claim was lost."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(sweeps)
+                .where(sweeps.c.id == sweep_id, sweeps.c.claimed_by == worker)
+                .values(
+                    send_attempts=sweeps.c.send_attempts + 1,
+                    last_error=last_error,
+                    next_attempt_at=next_attempt_at,
+                    claimed_by=None,
+                    lease_until=None,
+                )
+            )
+            return result.rowcount == 1
+
     def mark_order_sent(self, sweep_id: int, worker: str, at: datetime | None) -> bool:
         """Record (before sending it) that an energy order POST goes out for this `ordering` row.
 
@@ -410,6 +591,199 @@ class Ledger:
                     sweeps.c.state == SweepState.ORDERING.value,
                 )
                 .values(order_sent_at=at, updated_at=self.now())
+            )
+            return result.rowcount == 1
+
+    def reserve_order(
+        self, sweep_id: int, worker: str, *, price_sun: int, cap_sun: int
+    ) -> Reservation | None:
+        """Reserve `price_sun` against the UTC day's cap and mark the order as sent, in one transaction.
+
+        The budget decision and the order are serialised: the day's `budget_days` row is locked
+        (SELECT … FOR UPDATE on Postgres; SQLite transactions are IMMEDIATE, one writer at a time),
+        the day's charges (orders paid, less refunds, plus open reservations; this row's own earlier
+        reservation excluded) are summed, and only if `spent + price <= cap` is the reservation
+        written together with `order_sent_at`. The caller sends the order after this returns,
+        outside any transaction. None: the claim was lost (nothing written).
+        """
+        _check_amount("price_sun", price_sun)
+        now = self.now()
+        day = utc_day(now)
+        with self.engine.begin() as conn:
+            if conn.execute(select(budget_days.c.day).where(budget_days.c.day == day)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(budget_days).values(day=day, created_at=now))
+                except IntegrityError:  # another worker made it first: fine, lock theirs
+                    pass
+            conn.execute(select(budget_days.c.day).where(budget_days.c.day == day).with_for_update()).one()
+            spent = int(
+                conn.execute(
+                    select(func.coalesce(func.sum(sweeps.c.charge_sun), 0)).where(
+                        sweeps.c.charge_day == day, sweeps.c.id != sweep_id
+                    )
+                ).scalar_one()
+            )
+            if spent + price_sun > cap_sun:
+                return Reservation(False, spent, day)
+            result = conn.execute(
+                update(sweeps)
+                .where(
+                    sweeps.c.id == sweep_id,
+                    sweeps.c.claimed_by == worker,
+                    sweeps.c.state == SweepState.ORDERING.value,
+                )
+                .values(charge_sun=price_sun, charge_day=day, order_sent_at=now, updated_at=now)
+            )
+            if result.rowcount != 1:  # the claim was lost: no reservation (the day row is harmless)
+                return None
+        return Reservation(True, spent, day)
+
+    def spent_on(self, day: str) -> int:
+        """The UTC day's charges: orders paid that day less refunds, plus open reservations."""
+        with self.engine.connect() as conn:
+            total = conn.execute(
+                select(func.coalesce(func.sum(sweeps.c.charge_sun), 0)).where(sweeps.c.charge_day == day)
+            ).scalar_one()
+        return int(total)
+
+    # --- holds, cooldowns and pauses --------------------------------------------------------
+
+    def active_hold(self, address: str, token: str) -> HoldRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(holds).where(
+                    holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
+                )
+            ).first()
+        return _hold_record(row) if row is not None else None
+
+    def holds(self, *, active_only: bool = True) -> list[HoldRecord]:
+        query = select(holds).order_by(holds.c.id)
+        if active_only:
+            query = query.where(holds.c.released_at.is_(None))
+        with self.engine.connect() as conn:
+            return [_hold_record(r) for r in conn.execute(query)]
+
+    def held_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+                ).scalar_one()
+            )
+
+    def release_holds(
+        self, address: str, token: str | None = None, *, actor: str = "operator", reason: str = "released"
+    ) -> list[HoldRecord]:
+        """Lift the active hold(s) of `address` (one token, or all) and its cooldowns; returns them.
+
+        Raises LedgerError, changing nothing, when nothing is held.
+        """
+        now = self.now()
+        with self.engine.begin() as conn:
+            return self._release_holds(conn, address, token, actor, reason, now, required=True)
+
+    def _release_holds(
+        self,
+        conn: Connection,
+        address: str,
+        token: str | None,
+        actor: str,
+        reason: str,
+        now: datetime,
+        *,
+        required: bool,
+    ) -> list[HoldRecord]:
+        match = [holds.c.address == address, holds.c.released_at.is_(None)]
+        if token is not None:
+            match.append(holds.c.token == token)
+        released = [
+            _hold_record(r)
+            for r in conn.execute(
+                update(holds)
+                .where(*match)
+                .values(released_at=now, released_by=actor, release_reason=reason[:1000])
+                .returning(*holds.c)
+            )
+        ]
+        if required and not released:
+            what = f"{address} ({token})" if token else address
+            raise LedgerError(f"{what} is not held; nothing changed")
+        cool = [cooldowns.c.address == address]
+        if token is not None:
+            cool.append(cooldowns.c.token == token)
+        conn.execute(delete(cooldowns).where(*cool))
+        return released
+
+    def cooldown(self, address: str, token: str) -> CooldownRecord | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(cooldowns).where(cooldowns.c.address == address, cooldowns.c.token == token)
+            ).first()
+        if r is None:
+            return None
+        return CooldownRecord(r.address, r.token, int(r.failures), r.until, r.last_reason)
+
+    def blocked(self, token: str, candidates: Iterable[str]) -> set[str]:
+        """Which of these addresses may not be queued for `token` now (held, or cooling down)."""
+        wanted = list(candidates)
+        if not wanted:
+            return set()
+        now = self.now()
+        with self.engine.connect() as conn:
+            held = set(
+                conn.execute(
+                    select(holds.c.address).where(
+                        holds.c.token == token, holds.c.address.in_(wanted), holds.c.released_at.is_(None)
+                    )
+                ).scalars()
+            )
+            cooling = set(
+                conn.execute(
+                    select(cooldowns.c.address).where(
+                        cooldowns.c.token == token, cooldowns.c.address.in_(wanted), cooldowns.c.until > now
+                    )
+                ).scalars()
+            )
+        return held | cooling
+
+    def pause(self, name: str) -> PauseRecord | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(pauses).where(pauses.c.name == name)).first()
+        return PauseRecord(r.name, r.reason, r.since, r.next_check_at) if r is not None else None
+
+    def set_pause(self, name: str, reason: str, *, next_check_at: datetime | None = None) -> bool:
+        """Pause `name` (kept across restarts); False if it was paused already (reason unchanged)."""
+        now = self.now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(pauses).values(
+                        name=name, reason=reason[:1000], since=now, next_check_at=next_check_at
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def clear_pause(self, name: str) -> PauseRecord | None:
+        """Lift a pause; returns what it was (None: it was not paused)."""
+        with self.engine.begin() as conn:
+            r = conn.execute(delete(pauses).where(pauses.c.name == name).returning(*pauses.c)).first()
+        return PauseRecord(r.name, r.reason, r.since, r.next_check_at) if r is not None else None
+
+    def take_pause_check(self, name: str, *, next_check_at: datetime) -> bool:
+        """Atomically take the due re-check of a pause (one worker wins), pushing the next one out."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(pauses)
+                .where(
+                    pauses.c.name == name,
+                    or_(pauses.c.next_check_at.is_(None), pauses.c.next_check_at <= now),
+                )
+                .values(next_check_at=next_check_at)
             )
             return result.rowcount == 1
 
@@ -437,19 +811,6 @@ class Ledger:
                 .returning(sweeps.c.id)
             ).first()
         return int(row.id) if row is not None else None
-
-    def energy_spent_since(self, since: datetime) -> int:
-        """Provider spend (sun) on energy orders placed or adopted at or after `since`."""
-        with self.engine.connect() as conn:
-            ordered = (
-                select(events.c.sweep_id)
-                .where(events.c.to_state == SweepState.ENERGY_ORDERED.value, events.c.at >= since)
-                .distinct()
-            )
-            total = conn.execute(
-                select(func.coalesce(func.sum(sweeps.c.cost_sun), 0)).where(sweeps.c.id.in_(ordered))
-            ).scalar_one()
-        return int(total)
 
     def deposit_address(self, address: str) -> DepositAddressRecord | None:
         with self.engine.connect() as conn:
@@ -486,7 +847,13 @@ class Ledger:
             raise LedgerError(f"{exc}; nothing changed") from None
 
     def retry(self, sweep_id: int, *, actor: str = "operator") -> int:
-        """A failed sweep gets a NEW queued row (retry_of = ID); the failed row stays as it was."""
+        """A failed sweep gets a NEW queued row (retry_of = ID); the failed row stays as it was.
+
+        In one transaction: the (address, token)'s hold and cooldown are lifted, and a row the
+        scanner queued meanwhile (still `queued`: nothing ordered) is cancelled in favour of the
+        retry, so the retry takes the one open slot whoever got there first. A row already past
+        `queued` is being swept: the retry is refused (OpenSweepExists), nothing changes.
+        """
         original = self.get_sweep(sweep_id)
         if original.state is not SweepState.FAILED:
             raise LedgerError(
@@ -495,6 +862,30 @@ class Ledger:
         now = self.now()
         try:
             with self.engine.begin() as conn:
+                self._release_holds(
+                    conn, original.address, original.token, actor, f"retry of sweep {sweep_id}", now,
+                    required=False,
+                )  # fmt: skip
+                superseded = (
+                    conn.execute(
+                        update(sweeps)
+                        .where(
+                            sweeps.c.address == original.address,
+                            sweeps.c.token == original.token,
+                            sweeps.c.state == SweepState.QUEUED.value,
+                            sweeps.c.claimed_by.is_(None),
+                        )
+                        .values(state=SweepState.CANCELLED.value, updated_at=now, next_attempt_at=None)
+                        .returning(sweeps.c.id)
+                    )
+                    .scalars()
+                    .all()
+                )
+                for other in superseded:
+                    self._event(
+                        conn, other, SweepState.QUEUED, SweepState.CANCELLED,
+                        f"superseded by the operator's retry of sweep {sweep_id}", actor, None, now,
+                    )  # fmt: skip
                 return self._insert_queued(
                     conn,
                     original.address,
@@ -578,7 +969,24 @@ class Ledger:
             }
             cost = conn.execute(select(func.coalesce(func.sum(sweeps.c.cost_sun), 0))).scalar_one()
             count = conn.execute(select(func.count()).select_from(addresses)).scalar_one()
-        return Stats(by_state=by_state, swept_by_token=swept, energy_cost_sun=int(cost), addresses=int(count))
+            held = conn.execute(
+                select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
+            ).scalar_one()
+            spent = conn.execute(
+                select(func.coalesce(func.sum(sweeps.c.charge_sun), 0)).where(
+                    sweeps.c.charge_day == utc_day(self.now())
+                )
+            ).scalar_one()
+            paused = conn.execute(select(pauses.c.reason).where(pauses.c.name == ORDERING_PAUSE)).scalar()
+        return Stats(
+            by_state=by_state,
+            swept_by_token=swept,
+            energy_cost_sun=int(cost),
+            addresses=int(count),
+            held=int(held),
+            spent_today_sun=int(spent),
+            ordering_paused=paused,
+        )
 
     # --- deposit addresses ------------------------------------------------------------------
 
@@ -744,6 +1152,20 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).first()
         return _scan_state(row) if row is not None else None
+
+
+def _hold_record(row: Row[Any]) -> HoldRecord:
+    return HoldRecord(
+        id=int(row.id),
+        address=row.address,
+        token=row.token,
+        sweep_id=row.sweep_id,
+        reason=row.reason,
+        held_at=row.held_at,
+        released_at=row.released_at,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
+    )
 
 
 def _scan_state(row: Row[Any]) -> ScanPassState:

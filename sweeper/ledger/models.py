@@ -115,6 +115,16 @@ class Sweep(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When an energy order POST was last sent for this row; written before the POST (see 0003).
     order_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Money safety (0004): the measured energy need, the row's charge against the UTC day's cap
+    # (quote while reserved, the real amount once known, less refunds; 0 when proven never placed).
+    energy_needed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    charge_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    charge_day: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True)
+    refund_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Rebuilds and rejected broadcasts: past pipeline.max_attempts the row fails (and holds).
+    send_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    first_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reverting_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -173,3 +183,74 @@ class ScanProgress(Base):
     sweeps_queued: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class AddressHold(Base):
+    """An (address, token) that failed after money was spent: not queued again until released.
+
+    Rows are kept after release (released_at set) as the audit trail; at most one active hold per
+    (address, token).
+    """
+
+    __tablename__ = "address_holds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(
+        String(34), ForeignKey("deposit_addresses.address", ondelete="RESTRICT"), nullable=False
+    )
+    token: Mapped[str] = mapped_column(String(16), nullable=False)
+    sweep_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("sweeps.id", ondelete="RESTRICT"), nullable=True
+    )
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index(
+            "uq_address_holds_active",
+            "address",
+            "token",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+
+class AddressCooldown(Base):
+    """Unpaid failures of an (address, token): the next sweep waits until `until` (doubling)."""
+
+    __tablename__ = "address_cooldowns"
+
+    address: Mapped[str] = mapped_column(String(34), primary_key=True)
+    token: Mapped[str] = mapped_column(String(16), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    until: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_reason: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (CheckConstraint("failures > 0", name="failures"),)
+
+
+class Pause(Base):
+    """A pause that must survive restarts: "ordering" (a cost anomaly) or "token:SYMBOL"."""
+
+    __tablename__ = "pauses"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    since: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # A token pause: when one of its rows is next simulated to see whether it passes again.
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BudgetDay(Base):
+    """One row per UTC day: locked while an order's reservation against the daily cap is decided."""
+
+    __tablename__ = "budget_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Engine, func, literal, or_, select
+from sqlalchemy import ColumnElement, Engine, func, literal, select
 
 from sweeper.domain import OPEN_STATES
-from sweeper.ledger.ledger import events, scan_progress, sweeps
+from sweeper.ledger.ledger import scan_progress, sweeps
 from sweeper.ledger.models import UTCDateTime
 
 
@@ -21,12 +21,12 @@ from sweeper.ledger.models import UTCDateTime
 class StuckSweep:
     id: int
     state: str
-    since: datetime  # when the row entered the state it is still in
+    since: datetime  # when a worker first claimed the row (its creation if never claimed)
 
 
 @dataclass(frozen=True)
 class StuckSweeps:
-    """Open sweeps that have been in their current state since before a cut-off."""
+    """Open sweeps in progress (first claimed) since before a cut-off, whatever state they are in now."""
 
     count: int
     by_state: dict[str, int]
@@ -36,33 +36,24 @@ class StuckSweeps:
         return self.count > 0
 
 
-def _entered_state_at() -> ColumnElement[datetime]:
-    """When each sweep entered the state it is in now: its latest event INTO that state.
+def _stuck_since() -> ColumnElement[datetime]:
+    """Since when each open sweep counts as "in progress": when a worker first claimed it.
 
-    The append-only `sweep_events` is the truth about transitions (`updated_at` is the fallback for
-    a row without one, which the ledger never produces). An event whose from_state equals its
-    to_state would be a note, not a transition, so it does not restart the clock.
+    Never reset by a return to `queued` or by any later transition, so a row cycling between
+    states (ordering -> queued -> ordering …, signed -> energy_ready …) still raises the stuck
+    alert. A row never claimed counts from its creation.
     """
-    latest = (
-        select(func.max(events.c.at))
-        .where(
-            events.c.sweep_id == sweeps.c.id,
-            events.c.to_state == sweeps.c.state,
-            or_(events.c.from_state.is_(None), events.c.from_state != events.c.to_state),
-        )
-        .scalar_subquery()
-    )
-    return func.coalesce(latest, sweeps.c.updated_at, type_=UTCDateTime())
+    return func.coalesce(sweeps.c.first_claimed_at, sweeps.c.created_at, type_=UTCDateTime())
 
 
 def stuck_sweeps(engine: Engine, *, entered_before: datetime, examples: int = 10) -> StuckSweeps:
-    """Open sweeps in one state since strictly before `entered_before` (= now - stuck_alert_seconds).
+    """Open sweeps first claimed strictly before `entered_before` (= now - stuck_alert_seconds).
 
     A row that entered its state exactly at the cut-off is not stuck yet; one microsecond earlier is.
     """
     if entered_before.tzinfo is None:
         raise ValueError("entered_before must be an aware UTC datetime")
-    since = _entered_state_at().label("since")
+    since = _stuck_since().label("since")
     cutoff = literal(entered_before, type_=UTCDateTime())
     inner = (
         select(sweeps.c.id, sweeps.c.state, since)

@@ -41,6 +41,9 @@ class NodeState:
     solidification_held: bool
     inclusion_held: bool
     usdt_contract: str
+    blacklisted: tuple[str, ...] = ()  # USDT's freeze list: these senders' transfers revert
+    usdt_paused: bool = False
+    usdt_energy_penalty: int = 0  # extra energy every USDT transfer uses
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NodeState:
@@ -56,6 +59,9 @@ class NodeState:
             solidification_held=bool(data["solidification_held"]),
             inclusion_held=bool(data["inclusion_held"]),
             usdt_contract=str(data["usdt_contract"]),
+            blacklisted=tuple(str(a) for a in data.get("blacklisted") or ()),
+            usdt_paused=bool(data.get("usdt_paused", False)),
+            usdt_energy_penalty=int(data.get("usdt_energy_penalty", 0)),
         )
 
 
@@ -323,6 +329,18 @@ class SandboxControl:
 
     def add_bandwidth(self, address: str, amount: int) -> NodeState:
         return self._node("add_bandwidth", address=address, amount=amount)
+
+    def blacklist(self, address: str, held: bool = True) -> NodeState:
+        """Put `address` on (or, held=False, take it off) USDT's freeze list: its transfers revert."""
+        return self._node("blacklist", address=address, held=held)
+
+    def pause_usdt(self, held: bool = True) -> NodeState:
+        """Pause (held=False: unpause) the USDT contract: every transfer reverts."""
+        return self._node("pause_usdt", held=held)
+
+    def set_energy_penalty(self, amount: int) -> NodeState:
+        """Extra energy every USDT transfer uses from now on (the dynamic-energy penalty)."""
+        return self._node("energy_penalty", amount=amount)
 
     def account(self, address: str, contract: str | None = None) -> AccountState:
         params = {"address": address}

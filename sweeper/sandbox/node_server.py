@@ -23,7 +23,10 @@ Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "swit
   contract; an attacker's destination) — a client that signs the node's txid is robbed;
 - `drop_broadcasts`: answer "accepted" but forget the transaction (it is never mined);
 and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
-`world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`.
+`world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`, and the USDT
+contract's state: `world.blacklist(address)`, `world.pause_usdt()`, `world.set_energy_penalty(n)`
+(control ops `blacklist` {address, held}, `pause_usdt` {held}, `energy_penalty` {amount}).
+`triggerconstantcontract` and `estimateenergy` answer in java-tron's forms (see `_run_call`).
 Blocks are produced on demand (`world.produce_block(s)`, the `produce_blocks` control op) or by the
 ticker (the `block_interval` control op starts/stops it); tests should produce them on demand and
 wait on observable state, never on time.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import hashlib
 import json
 import random
 import threading
@@ -50,14 +54,19 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tronpy.keys import to_base58check_address
+from tronpy.keys import keccak256, to_base58check_address
+from tronpy.proto.transaction import _raw_data_to_protobuf
 
 from sweeper.domain import address_to_hex
 from sweeper.sandbox.serve import RunningServer, serve_in_thread
 from sweeper.sandbox.world import (
+    IS_BLACKLISTED_SELECTOR,
+    TRANSFER_EVENT_TOPIC,
     TRANSFER_SELECTOR,
-    USDT_ENERGY_NEW_HOLDER,
-    USDT_ENERGY_OLD_HOLDER,
+    USDT_ENERGY_BALANCE_OF,
+    USDT_ENERGY_DECIMALS,
+    USDT_ENERGY_IS_BLACKLISTED,
+    USDT_ENERGY_REVERT_PAUSED,
     Block,
     NodeRejection,
     TxRecord,
@@ -66,6 +75,10 @@ from sweeper.sandbox.world import (
 
 # The attacker a forged txid would pay (a fixed, valid address nobody in the tests owns).
 FORGED_DESTINATION = "TNPeeaaFB7K9cmo4uQpcU32zGK8G1NYqeL"
+# The caller of a constant call that names no owner (java-tron: an empty owner_address).
+ZERO_ADDRESS = str(to_base58check_address("41" + "00" * 20))
+BALANCE_OF_SELECTOR = "70a08231"  # balanceOf(address)
+DECIMALS_SELECTOR = "313ce567"  # decimals()
 
 # A representative subset of USDT's ABI, rendered the way java-tron's getcontract does.
 USDT_ABI: list[dict[str, Any]] = [
@@ -102,6 +115,17 @@ USDT_ABI: list[dict[str, Any]] = [
         "type": "Event",
     },
 ]
+
+
+@dataclass
+class _CallRun:
+    """A contract call's outcome, for triggerconstantcontract and estimateenergy."""
+
+    reverted: bool
+    energy_used: int  # penalty included
+    energy_penalty: int
+    output: str  # return data, hex ("" for a revert without a reason)
+    logs: list[tuple[str, list[str], str]] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +174,18 @@ def _render_log_address(address: str, visible: bool) -> str:
 
 def _b58(value: Any) -> str:
     return str(to_base58check_address(str(value)))
+
+
+def _hex20(address: str) -> str:
+    return address_to_hex(address)[2:]
+
+
+def _word_address(params: str, index: int) -> str:
+    """The address in ABI word `index` of call parameters (hex)."""
+    word = params[64 * index : 64 * (index + 1)]
+    if len(word) != 64:
+        raise ValueError("the call data is too short")
+    return _b58("41" + word[24:])
 
 
 class SandboxNode:
@@ -387,8 +423,12 @@ class SandboxNode:
         return {
             "chainParameter": [
                 {"key": "getMaintenanceTimeInterval", "value": 21_600_000},
-                {"key": "getCreateAccountFee", "value": 100_000},
+                {"key": "getCreateAccountFee", "value": w.create_account_fee_sun},
                 {"key": "getTransactionFee", "value": w.bandwidth_fee_sun},
+                {
+                    "key": "getCreateNewAccountFeeInSystemContract",
+                    "value": w.create_new_account_fee_in_system_contract_sun,
+                },
                 {"key": "getFreeNetLimit", "value": w.free_bandwidth},
                 {"key": "getEnergyFee", "value": w.energy_fee_sun},
                 {"key": "getAllowTvmTransferTrc10", "value": 1},
@@ -468,53 +508,135 @@ class SandboxNode:
             "code_hash": "00" * 32,
         }
 
+    # A constant call, as java-tron answers it (framework/.../Wallet.java callConstantContract,
+    # TriggerConstantContractServlet; tests/fixtures/constant-call-forms.json quotes them):
+    # - it ran: `result.result` true, `energy_used` (penalty included), `energy_penalty` (omitted
+    #   when 0), `constant_result`, `logs`, and the `transaction` it built, whose `ret` is `[{}]`
+    #   (SUCESS is the proto default, not rendered) or `[{"ret": "FAILED"}]` on a revert, which
+    #   also puts "REVERT opcode executed" in `result.message`;
+    # - it did not run: `result.code` + `result.message` (plain text when visible, hex otherwise),
+    #   no `result.result`, no transaction.
+    # The owner's account is never looked at: java-tron runs a constant call for any owner.
+
     def _call_data(self, body: dict[str, Any]) -> tuple[str, str]:
         contract = _b58(body["contract_address"])
         if contract != self.world.usdt_contract:
-            raise NodeRejection("CONTRACT_VALIDATE_ERROR", "No contract or not a smart contract")
+            raise NodeRejection("CONTRACT_VALIDATE_ERROR", "Smart contract is not exist.")
         if "data" in body:
-            data = str(body["data"])
+            data = str(body["data"]).lower()
             return data[:8], data[8:]
-        selector = str(body.get("function_selector", "")).replace(" ", "")
-        names = {
-            "balanceOf(address)": "70a08231",
-            "transfer(address,uint256)": TRANSFER_SELECTOR,
-            "decimals()": "313ce567",
-        }
-        if selector not in names:
-            raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"sandbox node does not implement {selector}")
-        return names[selector], str(body.get("parameter", ""))
+        # java-tron's Util.parseMethod: keccak256 of the signature, then the parameter as given.
+        signature = str(body.get("function_selector", "")).replace(" ", "")
+        return keccak256(signature.encode()).hex()[:8], str(body.get("parameter", "")).lower()
+
+    @staticmethod
+    def _return_error(code: str, message: str, visible: bool) -> dict[str, Any]:
+        return {"result": {"code": code, "message": message if visible else _hex_msg(message)}}
+
+    def _run_call(self, owner: str, selector: str, params: str) -> _CallRun:
+        world = self.world
+        usdt = world.usdt_contract
+        if selector == BALANCE_OF_SELECTOR:
+            holder = _word_address(params, 0)
+            return _CallRun(False, USDT_ENERGY_BALANCE_OF, 0, f"{world.token_balance(usdt, holder):064x}")
+        if selector == DECIMALS_SELECTOR:
+            return _CallRun(False, USDT_ENERGY_DECIMALS, 0, f"{6:064x}")
+        if selector == IS_BLACKLISTED_SELECTOR:
+            listed = world.is_blacklisted(_word_address(params, 0))
+            return _CallRun(False, USDT_ENERGY_IS_BLACKLISTED, 0, f"{int(listed):064x}")
+        if selector == TRANSFER_SELECTOR:
+            if len(params) < 128:  # Tether's onlyPayloadSize(2 * 32)
+                return _CallRun(True, USDT_ENERGY_REVERT_PAUSED, 0, "")
+            to, amount = _word_address(params, 0), int(params[64:128], 16)
+            with world.lock:
+                run = world.usdt_transfer_run(owner, to, amount)
+            if run.reverted:
+                return _CallRun(True, run.energy_used, run.energy_penalty, "")
+            log = (
+                usdt,
+                [TRANSFER_EVENT_TOPIC, "00" * 12 + _hex20(owner), "00" * 12 + _hex20(to)],
+                f"{amount:064x}",
+            )
+            return _CallRun(False, run.energy_used, run.energy_penalty, f"{1:064x}", [log])
+        # No such function and no fallback: the contract reverts.
+        return _CallRun(True, USDT_ENERGY_DECIMALS, 0, "")
 
     def _triggerconstant(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
-        selector, params = self._call_data(body)
-        world = self.world
-        if selector == "70a08231":
-            holder = _b58("41" + params[24:64])
-            return {
-                "result": {"result": True},
-                "energy_used": 935,
-                "constant_result": [f"{world.token_balance(world.usdt_contract, holder):064x}"],
-            }
-        if selector == "313ce567":
-            return {"result": {"result": True}, "energy_used": 251, "constant_result": [f"{6:064x}"]}
-        if selector == TRANSFER_SELECTOR:
-            return {
-                "result": {"result": True},
-                "energy_used": self._transfer_energy(params),
-                "constant_result": [f"{1:064x}"],
-            }
-        raise NodeRejection("CONTRACT_VALIDATE_ERROR", "sandbox node does not implement this selector")
+        visible = _is_visible(body)
+        try:
+            selector, params = self._call_data(body)
+        except NodeRejection as exc:
+            return self._return_error(exc.code, exc.message, visible)
+        owner = _b58(body["owner_address"]) if body.get("owner_address") else ZERO_ADDRESS
+        run = self._run_call(owner, selector, params)
+        result: dict[str, Any] = {"result": True}
+        if run.reverted:
+            result["message"] = "REVERT opcode executed" if visible else _hex_msg("REVERT opcode executed")
+        out: dict[str, Any] = {"result": result, "energy_used": run.energy_used}
+        if run.energy_penalty:
+            out["energy_penalty"] = run.energy_penalty
+        out["constant_result"] = [run.output]
+        if run.logs:
+            out["logs"] = [
+                {"address": _render_log_address(addr, visible), "topics": list(topics), "data": data}
+                for addr, topics, data in run.logs
+            ]
+        out["transaction"] = self._constant_transaction(owner, selector + params, run.reverted, visible)
+        return out
 
-    def _transfer_energy(self, params: str) -> int:
-        to = _b58("41" + params[24:64])
-        holds = self.world.holds_token(self.world.usdt_contract, to)
-        return USDT_ENERGY_OLD_HOLDER if holds else USDT_ENERGY_NEW_HOLDER
+    def _constant_transaction(self, owner: str, data: str, reverted: bool, visible: bool) -> dict[str, Any]:
+        """The unsigned transaction java-tron builds for the call (head reference, 60 s expiration)."""
+        world = self.world
+        with world.lock:
+            head = world.head
+            now = world.now_ms()
+        value = {
+            "data": data,
+            "owner_address": address_to_hex(owner),
+            "contract_address": address_to_hex(world.usdt_contract),
+        }
+        raw: dict[str, Any] = {
+            "contract": [
+                {
+                    "parameter": {
+                        "value": value,
+                        "type_url": "type.googleapis.com/protocol.TriggerSmartContract",
+                    },
+                    "type": "TriggerSmartContract",
+                }
+            ],
+            "ref_block_bytes": head.block_id[12:16],
+            "ref_block_hash": head.block_id[16:32],
+            "expiration": head.timestamp_ms + 60_000,
+            "timestamp": now,
+        }
+        raw_bytes = _raw_data_to_protobuf(raw).SerializeToString()
+        txid = hashlib.sha256(raw_bytes).hexdigest()  # java-tron's txID: sha256 of raw_data
+        if visible:
+            value["owner_address"] = owner
+            value["contract_address"] = world.usdt_contract
+        return {
+            "ret": [{"ret": "FAILED"} if reverted else {}],
+            "visible": visible,
+            "txID": txid,
+            "raw_data": raw,
+            "raw_data_hex": raw_bytes.hex(),
+        }
 
     def _estimateenergy(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
-        selector, params = self._call_data(body)
-        if selector != TRANSFER_SELECTOR:
-            return {"result": {"result": True}, "energy_required": 1_000}
-        return {"result": {"result": True}, "energy_required": self._transfer_energy(params)}
+        # EstimateEnergyServlet: a revert is CONTRACT_EXE_ERROR with the revert message. (java-tron
+        # binary-searches the fee limit, so its energy_required may exceed the energy the call uses
+        # by up to 1 TRX worth; the sandbox answers the exact figure.)
+        visible = _is_visible(body)
+        try:
+            selector, params = self._call_data(body)
+        except NodeRejection as exc:
+            return self._return_error(exc.code, exc.message, visible)
+        owner = _b58(body["owner_address"]) if body.get("owner_address") else ZERO_ADDRESS
+        run = self._run_call(owner, selector, params)
+        if run.reverted:
+            return self._return_error("CONTRACT_EXE_ERROR", "REVERT opcode executed", visible)
+        return {"result": {"result": True}, "energy_required": run.energy_used}
 
     # --- transactions ---
 
@@ -579,6 +701,7 @@ class SandboxNode:
             "energy_usage_total": tx.energy_used_total,
             "net_usage": r.net_usage,
             "net_fee": r.net_fee_sun,
+            "energy_penalty_total": r.energy_penalty,
         }
         receipt = {k: v for k, v in receipt.items() if v}
         receipt["result"] = r.result
@@ -638,6 +761,9 @@ class SandboxNode:
                     "solidification_held": self.world.solidification_held,
                     "inclusion_held": self.world.inclusion_held,
                     "usdt_contract": self.world.usdt_contract,
+                    "blacklisted": sorted(self.world.blacklisted),
+                    "usdt_paused": self.world.usdt_paused,
+                    "usdt_energy_penalty": self.world.usdt_energy_penalty,
                 }
             )
 
@@ -724,6 +850,15 @@ class SandboxNode:
             w.hold_solidification(bool(body.get("held", True)))
         elif op == "hold_inclusion":
             w.hold_inclusion(bool(body.get("held", True)))
+        elif op == "blacklist":
+            w.blacklist(_b58(body["address"]), bool(body.get("held", True)))
+        elif op == "pause_usdt":
+            w.pause_usdt(bool(body.get("held", True)))
+        elif op == "energy_penalty":
+            amount = int(body["amount"])
+            if amount < 0:
+                return JSONResponse({"error": "amount must be >= 0"}, status_code=400)
+            w.set_energy_penalty(amount)
         elif op == "block_interval":
             seconds = float(body.get("seconds") or 0)
             if seconds > 0:

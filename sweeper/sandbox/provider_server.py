@@ -101,6 +101,7 @@ class Switches:
     callback_form: CallbackForm = CallbackForm.COMPACT
     # The docs say index-data answers "empty data" (not 403) to a wrong key; emulate that reading.
     index_data_empty_on_bad_key: bool = False
+    price_unavailable: bool = False  # order/price answers 503 (no quote to be had)
 
 
 @dataclass
@@ -648,6 +649,8 @@ def create_app(provider: SandboxProvider) -> Starlette:
     async def order_price(request: Request) -> Response:
         if not provider.key_ok(request):
             return _forbidden()
+        if provider.switches.price_unavailable:
+            return JSONResponse({"detail": "service unavailable"}, status_code=503)
         period = request.query_params.get("period", "1H")
         per_energy = {"1H": 100, "1D": 200, "3D": 152, "30D": 124}.get(period)
         if per_energy is None:
@@ -782,7 +785,7 @@ def _switch_changes(body: dict[str, Any]) -> dict[str, Any]:
     ):
         if key in body:
             changes[key] = int(body[key])
-    for key in ("callbacks_enabled", "hold_callbacks", "index_data_empty_on_bad_key"):
+    for key in ("callbacks_enabled", "hold_callbacks", "index_data_empty_on_bad_key", "price_unavailable"):
         if key in body:
             changes[key] = bool(body[key])
     if "callback_form" in body:

@@ -16,6 +16,14 @@ The chain model follows java-tron closely where a sweeper could notice the diffe
 - a TRC20 transfer executes when its block is produced: energy from delegation first, then the
   owner's TRX burnt, all capped at fee_limit / energy fee; short of that it FAILS with OUT_OF_ENERGY
   and burns the whole limit, as java-tron does;
+- USDT behaves like Tether's TRC20 contract (`transfer` is `whenNotPaused` and
+  `require(!isBlackListed[msg.sender])`, then `require(_value <= balances[msg.sender])`): a paused
+  token (`pause_usdt`), a sender on the freeze list (`blacklist`) or an amount above the sender's
+  balance REVERTs; the energy used up to the revert is charged like any other. A transfer uses
+  64,285 energy to a holder, 130,285 to an address holding none, plus `usdt_energy_penalty` (the
+  dynamic-energy penalty; a revert pays the penalty on the part that ran, pro rata);
+- `usdt_transfer_run` is that model, shared by the executed transfer and the node's constant call
+  (`triggerconstantcontract`, which answers for any owner, activated or not, with or without TRX);
 - solidification trails the head by `solid_lag` blocks and can be held.
 Time is `time.time()` plus `time_offset_ms`, so a test can move the chain's clock forward
 (`advance_time`) to expire transactions without waiting.
@@ -41,10 +49,19 @@ USDT_MAINNET = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 # Energy a USDT transfer needs (tronpy-notes.md): recipient holds USDT / holds none.
 USDT_ENERGY_OLD_HOLDER = 64_285
 USDT_ENERGY_NEW_HOLDER = 130_285
-# Energy a reverting transfer (amount above the balance) burns before the REVERT.
+# Energy a reverting transfer uses before the REVERT: an amount above the balance (checked last,
+# after the two below), a sender on the freeze list (second), a paused token (the first modifier).
+# Sandbox figures: only their order matters (each revert stops earlier than the next).
 USDT_ENERGY_REVERT = 13_000
+USDT_ENERGY_REVERT_BLACKLISTED = 1_470
+USDT_ENERGY_REVERT_PAUSED = 760
+# Energy of the view calls a constant call answers.
+USDT_ENERGY_BALANCE_OF = 935
+USDT_ENERGY_DECIMALS = 251
+USDT_ENERGY_IS_BLACKLISTED = 605
 
 TRANSFER_SELECTOR = "a9059cbb"  # transfer(address,uint256)
+IS_BLACKLISTED_SELECTOR = "e47d6060"  # isBlackListed(address)
 TRANSFER_EVENT_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
 # java-tron: a transaction's expiration may be at most 24 h after the head block's time.
@@ -94,6 +111,7 @@ class Receipt:
     energy_fee_sun: int = 0  # TRX burnt for energy
     net_usage: int = 0  # bandwidth bytes from delegated/free bandwidth
     net_fee_sun: int = 0  # TRX burnt for bandwidth
+    energy_penalty: int = 0  # energy_penalty_total: the dynamic-energy part of the energy used
     res_message: str = ""
     # (contract T-address, topics as 32-byte hex, data hex)
     logs: list[tuple[str, list[str], str]] = field(default_factory=list)
@@ -129,6 +147,16 @@ class TxRecord:
             "signature": list(self.signature),
             "ret": [{"contractRet": self.receipt.result}] if self.block_number is not None else [],
         }
+
+
+@dataclass(frozen=True)
+class UsdtRun:
+    """What a USDT transfer does when run (executed in a block or as a constant call)."""
+
+    reverted: bool
+    energy_used: int  # penalty included, as java-tron counts it
+    energy_penalty: int
+    reason: str = ""  # why it reverted (the sandbox's note; Tether's requires carry no message)
 
 
 class NodeRejection(Exception):
@@ -170,6 +198,13 @@ class World:
     solid_number: int = 0
     solidification_held: bool = False
     inclusion_held: bool = False  # accepted transactions stay pending (never mined while held)
+
+    # --- the USDT contract's state (Tether's TRC20) ---
+    create_account_fee_sun: int = 100_000  # getCreateAccountFee
+    create_new_account_fee_in_system_contract_sun: int = 1_000_000  # getCreateNewAccountFeeInSystemContract
+    blacklisted: set[str] = field(default_factory=set)  # isBlackListed: their transfers revert
+    usdt_paused: bool = False  # whenNotPaused: every transfer reverts
+    usdt_energy_penalty: int = 0  # extra energy every USDT transfer uses (dynamic energy)
 
     def __post_init__(self) -> None:
         if not self.blocks:
@@ -225,6 +260,50 @@ class World:
         with self.lock:
             acct = self.account(address)
             acct.delegated_energy = acct.energy_used
+
+    # --- the USDT contract ---
+
+    def blacklist(self, address: str, on: bool = True) -> None:
+        """Tether's addBlackList / removeBlackList."""
+        with self.lock:
+            if on:
+                self.blacklisted.add(address)
+            else:
+                self.blacklisted.discard(address)
+
+    def is_blacklisted(self, address: str) -> bool:
+        with self.lock:
+            return address in self.blacklisted
+
+    def pause_usdt(self, on: bool = True) -> None:
+        """Tether's pause / unpause."""
+        with self.lock:
+            self.usdt_paused = on
+
+    def set_energy_penalty(self, amount: int) -> None:
+        if amount < 0:
+            raise ValueError("the energy penalty cannot be negative")
+        with self.lock:
+            self.usdt_energy_penalty = amount
+
+    def usdt_transfer_run(self, owner: str, to: str, amount: int) -> UsdtRun:
+        """`transfer(to, amount)` from `owner` on the world's USDT, in the order Tether checks."""
+        with self.lock:
+            if self.usdt_paused:
+                return self._revert(USDT_ENERGY_REVERT_PAUSED, "paused")
+            if owner in self.blacklisted:
+                return self._revert(USDT_ENERGY_REVERT_BLACKLISTED, "sender is blacklisted")
+            if amount > self.token_balance(self.usdt_contract, owner):
+                return self._revert(USDT_ENERGY_REVERT, "amount above the balance")
+            base = (
+                USDT_ENERGY_OLD_HOLDER if self.holds_token(self.usdt_contract, to) else USDT_ENERGY_NEW_HOLDER
+            )
+            penalty = self.usdt_energy_penalty
+            return UsdtRun(False, base + penalty, penalty)
+
+    def _revert(self, base: int, reason: str) -> UsdtRun:
+        penalty = self.usdt_energy_penalty * base // USDT_ENERGY_OLD_HOLDER
+        return UsdtRun(True, base + penalty, penalty, reason)
 
     # --- time and blocks ---
 
@@ -489,10 +568,8 @@ class World:
             return
         assert tx.to is not None
         balance = self.token_balance(tx.contract, tx.owner)
-        needed = USDT_ENERGY_OLD_HOLDER if self.holds_token(tx.contract, tx.to) else USDT_ENERGY_NEW_HOLDER
-        reverts = tx.amount > balance
-        if reverts:
-            needed = USDT_ENERGY_REVERT
+        run = self.usdt_transfer_run(tx.owner, tx.to, tx.amount)
+        needed = run.energy_used
         # java-tron: the energy a call may use is capped by fee_limit / energy fee (delegated energy
         # included) and by what the owner can pay (delegated energy + TRX balance / energy fee).
         limit = min(
@@ -505,6 +582,7 @@ class World:
         owner.trx_sun -= burnt
         receipt.energy_usage = from_delegation
         receipt.energy_fee_sun = burnt
+        receipt.energy_penalty = run.energy_penalty * used // needed if needed else 0
         tx.energy_used_total = used
         if needed > limit:
             receipt.result = "OUT_OF_ENERGY"
@@ -513,7 +591,7 @@ class World:
                 f"curOpEnergy[{needed - limit}], usedEnergy[{limit}]"
             )
             return
-        if reverts:
+        if run.reverted:
             receipt.result = "REVERT"
             receipt.res_message = "REVERT opcode executed"
             return

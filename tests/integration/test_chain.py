@@ -3,40 +3,59 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
+from eth_utils import keccak
 from tronpy.providers.async_http import DEFAULT_API_KEYS
 
+import sweeper.chain as chain_module
 from sweeper.chain import (
-    ENERGY_TO_HOLDER,
-    ENERGY_TO_NEW_HOLDER,
+    ERROR_SELECTOR,
+    IS_BLACKLISTED_SELECTOR,
     BroadcastOutcome,
     BroadcastRejected,
+    ChainResponseError,
     ChainUnavailable,
     RetryPolicy,
     SignedTransfer,
+    Simulation,
     TronChain,
     TxState,
     UnsafeTransaction,
+    transfer_data,
 )
-from sweeper.domain import Secret
+from sweeper.domain import Secret, address_to_hex
 from sweeper.keys import HdWallet, KeyRing
+from sweeper.sandbox import world as world_module
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
-from sweeper.sandbox.world import USDT_MAINNET, World
+from sweeper.sandbox.world import (
+    USDT_ENERGY_NEW_HOLDER,
+    USDT_ENERGY_OLD_HOLDER,
+    USDT_ENERGY_REVERT,
+    USDT_ENERGY_REVERT_BLACKLISTED,
+    USDT_ENERGY_REVERT_PAUSED,
+    USDT_MAINNET,
+    World,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
+FORMS = json.loads((FIXTURES / "constant-call-forms.json").read_text())
 WALLET = HdWallet(Secret(VECTORS["mnemonic"]))
 DEPOSIT = VECTORS["derived"][0]["address"]
 OTHER_DEPOSIT = VECTORS["derived"][1]["address"]
 DESTINATION = VECTORS["derived"][2]["address"]
 USDT = USDT_MAINNET
 FAST_RETRY = RetryPolicy(attempts=8, base_delay=0.02, max_delay=0.2)
+# 30 TRX: covers a transfer to a new holder at the sandbox's 100 sun per energy.
+FEE_LIMIT = 30_000_000
 
 T = TypeVar("T")
 
@@ -79,7 +98,7 @@ def chain_for(sandbox: RunningNode, **kwargs: Any) -> TronChain:
 
 
 def fund(
-    world: World, address: str, amount: int, *, energy: int = ENERGY_TO_NEW_HOLDER, bandwidth: int = 400
+    world: World, address: str, amount: int, *, energy: int = USDT_ENERGY_NEW_HOLDER, bandwidth: int = 400
 ) -> None:
     """What a deposit plus a completed collect-manual order leave on chain."""
     world.credit_token(USDT, address, amount)
@@ -98,11 +117,15 @@ def test_full_sweep_from_a_mnemonic_address_confirms_and_moves_the_exact_amount(
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
             assert await chain.token_balance(DEPOSIT) == amount
-            check = await chain.check_resources(DEPOSIT, DESTINATION)
+            sim = await chain.simulate_transfer(DEPOSIT, DESTINATION, amount, token=USDT)
+            assert sim == Simulation(False, USDT_ENERGY_NEW_HOLDER, 0, "")  # the destination holds none yet
+            check = await chain.check_resources(DEPOSIT, DESTINATION, USDT, energy_needed=sim.energy_used)
             assert check.ok, check.reasons
-            assert check.energy_needed == ENERGY_TO_NEW_HOLDER  # the destination holds no USDT yet
-            unsigned = await chain.build_transfer(DEPOSIT, DESTINATION, amount)
-            assert unsigned.fee_limit_sun >= ENERGY_TO_NEW_HOLDER * 100
+            assert check.energy_needed == USDT_ENERGY_NEW_HOLDER
+            fee_limit = await chain.fee_limit_for(sim.energy_used)
+            assert fee_limit == USDT_ENERGY_NEW_HOLDER * 100 * 120 // 100  # energy x getEnergyFee x margin
+            unsigned = await chain.build_transfer(DEPOSIT, DESTINATION, amount, fee_limit_sun=fee_limit)
+            assert unsigned.fee_limit_sun == fee_limit
             signed = chain.sign_transfer(unsigned, ring.key_for(DEPOSIT))
             stored = signed.to_json()  # what the ledger keeps before broadcasting
             assert (
@@ -118,7 +141,7 @@ def test_full_sweep_from_a_mnemonic_address_confirms_and_moves_the_exact_amount(
             status = await chain.transaction_status(signed.txid, expiration_ms=signed.expiration_ms)
             assert status.state is TxState.CONFIRMED
             assert status.fee_sun == 0  # paid with delegated energy and bandwidth only
-            assert status.energy_used == ENERGY_TO_NEW_HOLDER
+            assert status.energy_used == sim.energy_used  # the simulation measured what it really used
             assert [(t.sender, t.recipient, t.amount) for t in status.transfers] == [
                 (DEPOSIT, DESTINATION, amount)
             ]
@@ -140,7 +163,7 @@ def test_a_forged_txid_is_caught_before_signing(sandbox: RunningNode) -> None:
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
             with pytest.raises(UnsafeTransaction, match="not the hash"):
-                await chain.build_transfer(DEPOSIT, DESTINATION, 5_000_000)
+                await chain.build_transfer(DEPOSIT, DESTINATION, 5_000_000, fee_limit_sun=FEE_LIMIT)
 
     run(scenario())
     assert sandbox.node.requests_to("wallet/getsignweight")
@@ -155,16 +178,19 @@ def test_the_resource_check_refuses_a_transfer_without_energy(sandbox: RunningNo
 
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
-            check = await chain.check_resources(DEPOSIT, DESTINATION)
+            need = (await chain.simulate_transfer(DEPOSIT, DESTINATION, 9_000_000, token=USDT)).energy_used
+            assert need == USDT_ENERGY_OLD_HOLDER
+            check = await chain.check_resources(DEPOSIT, DESTINATION, USDT, energy_needed=need)
             assert not check.ok
-            assert check.energy_needed == ENERGY_TO_HOLDER
+            assert check.energy_needed == need
             assert any("energy" in reason for reason in check.reasons)
-            world.delegate_energy(DEPOSIT, ENERGY_TO_HOLDER - 1)
-            assert not (await chain.check_resources(DEPOSIT, DESTINATION)).ok
+            world.delegate_energy(DEPOSIT, need - 1)
+            assert not (await chain.check_resources(DEPOSIT, DESTINATION, USDT, energy_needed=need)).ok
             world.delegate_energy(DEPOSIT, 1)
-            assert (await chain.check_resources(DEPOSIT, DESTINATION)).ok  # free bandwidth covers it
+            # Free bandwidth covers it.
+            assert (await chain.check_resources(DEPOSIT, DESTINATION, USDT, energy_needed=need)).ok
             # Never activated: nothing can be sent at all.
-            fresh = await chain.check_resources(OTHER_DEPOSIT, DESTINATION)
+            fresh = await chain.check_resources(OTHER_DEPOSIT, DESTINATION, USDT, energy_needed=need)
             assert not fresh.ok and not fresh.activated and "not activated" in fresh.reasons[0]
 
     run(scenario())
@@ -179,7 +205,8 @@ def test_rebroadcast_is_already_known_and_moves_money_once(sandbox: RunningNode,
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
             signed = chain.sign_transfer(
-                await chain.build_transfer(DEPOSIT, DESTINATION, 777), ring.key_for(DEPOSIT)
+                await chain.build_transfer(DEPOSIT, DESTINATION, 777, fee_limit_sun=FEE_LIMIT),
+                ring.key_for(DEPOSIT),
             )
             assert (await chain.broadcast(signed)).outcome is BroadcastOutcome.ACCEPTED
             assert (await chain.broadcast(signed)).outcome is BroadcastOutcome.ALREADY_KNOWN
@@ -225,7 +252,8 @@ def test_a_transaction_never_included_becomes_expired_and_cannot_be_rebroadcast(
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
             signed = chain.sign_transfer(
-                await chain.build_transfer(DEPOSIT, DESTINATION, 50), ring.key_for(DEPOSIT)
+                await chain.build_transfer(DEPOSIT, DESTINATION, 50, fee_limit_sun=FEE_LIMIT),
+                ring.key_for(DEPOSIT),
             )
             assert (await chain.broadcast(signed)).outcome is BroadcastOutcome.ACCEPTED
             world.solidify_all()
@@ -256,7 +284,8 @@ def test_a_held_broadcast_completes_when_released(sandbox: RunningNode, ring: Ke
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
             signed = chain.sign_transfer(
-                await chain.build_transfer(DEPOSIT, DESTINATION, 10), ring.key_for(DEPOSIT)
+                await chain.build_transfer(DEPOSIT, DESTINATION, 10, fee_limit_sun=FEE_LIMIT),
+                ring.key_for(DEPOSIT),
             )
             node.hold_broadcasts()
             task = asyncio.create_task(chain.broadcast(signed))
@@ -357,7 +386,7 @@ def test_signing_refuses_another_addresses_key_and_stored_tampering(
 
     async def scenario() -> None:
         async with chain_for(sandbox) as chain:
-            unsigned = await chain.build_transfer(DEPOSIT, DESTINATION, 99)
+            unsigned = await chain.build_transfer(DEPOSIT, DESTINATION, 99, fee_limit_sun=FEE_LIMIT)
             with pytest.raises(UnsafeTransaction):
                 chain.sign_transfer(unsigned, ring.key_for(OTHER_DEPOSIT))
             signed = chain.sign_transfer(unsigned, ring.key_for(DEPOSIT))
@@ -369,3 +398,304 @@ def test_signing_refuses_another_addresses_key_and_stored_tampering(
                 SignedTransfer.from_json(json.dumps(tampered))
 
     run(scenario())
+
+
+# --- simulation before buying energy -------------------------------------------------------------
+
+
+def test_the_simulation_measures_what_the_transfer_really_uses_holder_or_not(
+    sandbox: RunningNode, ring: KeyRing
+) -> None:
+    world = sandbox.world
+    world.credit_token(USDT, DEPOSIT, 3_000)  # only received USDT: never activated, no TRX
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            # java-tron answers a constant call for an unactivated owner with 0 TRX like any other.
+            assert not await chain.is_activated(DEPOSIT)
+            to_new = await chain.simulate_transfer(DEPOSIT, DESTINATION, 1_000, token=USDT)
+            assert to_new == Simulation(False, USDT_ENERGY_NEW_HOLDER, 0, "")
+            world.credit_token(USDT, DESTINATION, 1)  # now a holder: the cheaper transfer
+            to_holder = await chain.simulate_transfer(DEPOSIT, DESTINATION, 1_000, token=USDT)
+            assert to_holder == Simulation(False, USDT_ENERGY_OLD_HOLDER, 0, "")
+            # What the simulation said is what the executed transfer uses.
+            world.activate(DEPOSIT)
+            world.delegate_energy(DEPOSIT, to_holder.energy_used)
+            world.add_bandwidth(DEPOSIT, 400)
+            fee_limit = await chain.fee_limit_for(to_holder.energy_used)
+            signed = chain.sign_transfer(
+                await chain.build_transfer(DEPOSIT, DESTINATION, 1_000, fee_limit_sun=fee_limit),
+                ring.key_for(DEPOSIT),
+            )
+            await chain.broadcast(signed)
+            world.solidify_all()
+            status = await chain.transaction_status(signed.txid, expiration_ms=signed.expiration_ms)
+            assert status.state is TxState.CONFIRMED
+            assert status.energy_used == to_holder.energy_used and status.fee_sun == 0
+
+    run(scenario())
+    assert world.token_balance(USDT, DESTINATION) == 1_001
+    # Simulating sent nothing: one broadcast, the real one.
+    assert len(sandbox.node.requests_to("wallet/broadcasttransaction")) == 1
+
+
+def test_the_energy_penalty_is_counted_once(sandbox: RunningNode, ring: KeyRing) -> None:
+    world = sandbox.world
+    penalty = 21_500
+    world.set_energy_penalty(penalty)
+    world.credit_token(USDT, DESTINATION, 1)
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            world.credit_token(USDT, DEPOSIT, 500)
+            sim = await chain.simulate_transfer(DEPOSIT, DESTINATION, 500, token=USDT)
+            assert not sim.reverted
+            assert sim.energy_used == USDT_ENERGY_OLD_HOLDER + penalty  # not + 2 x penalty
+            assert sim.energy_penalty == penalty
+            # Exactly the simulated energy is delegated: the transfer succeeds paying nothing.
+            fund(world, DEPOSIT, 0, energy=sim.energy_used)
+            check = await chain.check_resources(DEPOSIT, DESTINATION, USDT, energy_needed=sim.energy_used)
+            assert check.ok, check.reasons
+            fee_limit = await chain.fee_limit_for(sim.energy_used)
+            signed = chain.sign_transfer(
+                await chain.build_transfer(DEPOSIT, DESTINATION, 500, fee_limit_sun=fee_limit),
+                ring.key_for(DEPOSIT),
+            )
+            await chain.broadcast(signed)
+            world.solidify_all()
+            status = await chain.transaction_status(signed.txid, expiration_ms=signed.expiration_ms)
+            assert status.state is TxState.CONFIRMED
+            assert status.energy_used == sim.energy_used and status.fee_sun == 0
+
+    run(scenario())
+    assert world.account(DEPOSIT).energy_available == 0
+
+
+def test_reverting_transfers_are_simulated_as_reverts(sandbox: RunningNode) -> None:
+    world = sandbox.world
+    world.credit_token(USDT, DEPOSIT, 1_000)
+    world.credit_token(USDT, OTHER_DEPOSIT, 1_000)
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            over = await chain.simulate_transfer(DEPOSIT, DESTINATION, 1_001, token=USDT)
+            assert over == Simulation(True, USDT_ENERGY_REVERT, 0, "REVERT opcode executed")
+            assert not await chain.is_blacklisted(DEPOSIT, token=USDT)
+            world.blacklist(DEPOSIT)
+            assert await chain.is_blacklisted(DEPOSIT, token=USDT)
+            assert not await chain.is_blacklisted(OTHER_DEPOSIT, token=USDT)
+            frozen = await chain.simulate_transfer(DEPOSIT, DESTINATION, 1_000, token=USDT)
+            assert frozen == Simulation(True, USDT_ENERGY_REVERT_BLACKLISTED, 0, "REVERT opcode executed")
+            # Another sender is not affected by the freeze list…
+            assert not (await chain.simulate_transfer(OTHER_DEPOSIT, DESTINATION, 1_000, token=USDT)).reverted
+            # …but a paused token reverts every transfer.
+            world.pause_usdt()
+            paused = await chain.simulate_transfer(OTHER_DEPOSIT, DESTINATION, 1_000, token=USDT)
+            assert paused == Simulation(True, USDT_ENERGY_REVERT_PAUSED, 0, "REVERT opcode executed")
+            world.pause_usdt(False)
+            world.blacklist(DEPOSIT, False)
+            assert not await chain.is_blacklisted(DEPOSIT, token=USDT)
+            assert not (await chain.simulate_transfer(DEPOSIT, DESTINATION, 1_000, token=USDT)).reverted
+
+    run(scenario())
+    assert world.token_balance(USDT, DEPOSIT) == 1_000 and not world.transactions
+
+
+def test_a_contract_the_node_does_not_know_is_an_error_not_a_revert(sandbox: RunningNode) -> None:
+    other_token = VECTORS["derived"][1]["address"]  # a valid address with no contract behind it
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            with pytest.raises(
+                ChainResponseError, match="CONTRACT_VALIDATE_ERROR Smart contract is not exist"
+            ):
+                await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=other_token)
+            with pytest.raises(ChainResponseError, match="CONTRACT_VALIDATE_ERROR"):
+                await chain.is_blacklisted(DEPOSIT, token=other_token)
+
+    run(scenario())
+
+
+def test_node_failures_during_a_simulation_are_chain_errors(sandbox: RunningNode) -> None:
+    sandbox.world.credit_token(USDT, DEPOSIT, 10)
+    sandbox.node.switches.fail_next = 100
+
+    async def scenario() -> None:
+        async with chain_for(sandbox, retry=RetryPolicy(attempts=2, base_delay=0.01)) as chain:
+            with pytest.raises(ChainUnavailable):
+                await chain.simulate_transfer(DEPOSIT, DESTINATION, 10, token=USDT)
+            with pytest.raises(ChainUnavailable):
+                await chain.is_blacklisted(DEPOSIT, token=USDT)
+
+    run(scenario())
+
+
+def test_the_selectors_are_the_keccak_of_their_signatures() -> None:
+    assert keccak(text="isBlackListed(address)")[:4].hex() == IS_BLACKLISTED_SELECTOR == "e47d6060"
+    assert world_module.IS_BLACKLISTED_SELECTOR == IS_BLACKLISTED_SELECTOR
+    assert keccak(text="Error(string)")[:4].hex() == ERROR_SELECTOR
+    assert keccak(text="transfer(address,uint256)")[:4].hex() == transfer_data(DESTINATION, 1)[:8]
+
+
+def test_no_energy_figure_is_guessed_by_the_client() -> None:
+    assert not hasattr(chain_module, "ENERGY_TO_HOLDER") and not hasattr(chain_module, "ENERGY_TO_NEW_HOLDER")
+    assert not hasattr(TronChain, "transfer_energy")
+    for method, name in (
+        (TronChain.check_resources, "energy_needed"),
+        (TronChain.build_transfer, "fee_limit_sun"),
+    ):
+        parameter = inspect.signature(method).parameters[name]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameter.default is inspect.Parameter.empty, f"{name} must be given by the caller"
+
+
+# --- java-tron's answer forms (tests/fixtures/constant-call-forms.json), over a stubbed transport --
+
+
+def stub_chain(answer: dict[str, Any], sent: list[dict[str, Any]]) -> TronChain:
+    """A TronChain whose node always gives `answer` (and records what was asked)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append({"path": request.url.path, **json.loads(request.content)})
+        return httpx.Response(200, json=answer)
+
+    return TronChain("http://node.invalid", transport=httpx.MockTransport(handler), retry=FAST_RETRY)
+
+
+@pytest.mark.parametrize("form", ["success", "revert", "revert_with_reason"])
+def test_each_java_tron_form_parses_to_the_expected_simulation(form: str) -> None:
+    expected = FORMS["expected"][form]
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> Simulation:
+        async with stub_chain(FORMS[form], sent) as chain:
+            return await chain.simulate_transfer(DEPOSIT, DESTINATION, 25_000_000, token=USDT)
+
+    assert run(scenario()) == Simulation(**expected)
+    assert sent == [
+        {
+            "path": "/wallet/triggerconstantcontract",
+            "owner_address": DEPOSIT,
+            "contract_address": USDT,
+            "function_selector": "transfer(address,uint256)",
+            "parameter": "00" * 12 + address_to_hex(DESTINATION)[2:] + f"{25_000_000:064x}",
+            "visible": True,
+        }
+    ]
+
+
+def test_the_success_forms_energy_already_includes_its_penalty() -> None:
+    form = FORMS["success"]
+    assert form["energy_penalty"] > 0  # the fixture exercises a penalty
+
+    async def scenario() -> Simulation:
+        async with stub_chain(form, []) as chain:
+            return await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+
+    sim = run(scenario())
+    assert sim.energy_used == form["energy_used"] and sim.energy_penalty == form["energy_penalty"]
+
+
+@pytest.mark.parametrize("form", ["validate_error", "other_error"])
+def test_a_call_that_did_not_run_raises_instead_of_reading_as_a_revert(form: str) -> None:
+    assert FORMS["expected"][form] == "ChainResponseError"
+
+    async def scenario() -> None:
+        async with stub_chain(FORMS[form], []) as chain:
+            with pytest.raises(ChainResponseError, match=FORMS[form]["result"]["code"]):
+                await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+            with pytest.raises(ChainResponseError, match=FORMS[form]["result"]["code"]):
+                await chain.is_blacklisted(DEPOSIT, token=USDT)
+
+    run(scenario())
+
+
+def test_only_the_ret_field_marks_a_revert_when_the_message_is_missing() -> None:
+    answer = json.loads(json.dumps(FORMS["revert"]))
+    del answer["result"]["message"]
+
+    async def scenario() -> Simulation:
+        async with stub_chain(answer, []) as chain:
+            return await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+
+    sim = run(scenario())
+    assert sim.reverted and sim.energy_used == FORMS["revert"]["energy_used"]
+
+
+def test_a_transfer_returning_false_counts_as_reverted() -> None:
+    answer = json.loads(json.dumps(FORMS["success"]))
+    answer["constant_result"] = ["00" * 32]
+
+    async def scenario() -> Simulation:
+        async with stub_chain(answer, []) as chain:
+            return await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+
+    assert run(scenario()) == Simulation(
+        True, FORMS["success"]["energy_used"], FORMS["success"]["energy_penalty"], "transfer returned false"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ({"Error": "class java.lang.NullPointerException : null"}, "node error"),
+        ({}, "no result"),
+        ({"result": {}}, "did not run"),
+        ({"result": {"result": True}, "energy_used": "many"}, "energy_used"),
+        ({"result": {"result": True}, "energy_used": 10, "energy_penalty": 11}, "make no sense"),
+        ({"result": {"result": True}, "energy_used": 10, "constant_result": "01"}, "constant_result"),
+        ({"result": {"result": True}, "energy_used": 10, "constant_result": ["02".rjust(64, "0")]}, "bool"),
+    ],
+    ids=[
+        "node-error",
+        "no-result",
+        "not-run",
+        "energy-not-int",
+        "penalty-above-total",
+        "result-not-list",
+        "not-bool",
+    ],
+)
+def test_malformed_answers_raise(answer: dict[str, Any], match: str) -> None:
+    async def scenario() -> None:
+        async with stub_chain(answer, []) as chain:
+            with pytest.raises(ChainResponseError, match=match):
+                await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+
+    run(scenario())
+
+
+def test_is_blacklisted_reads_the_bool_word_and_refuses_a_revert() -> None:
+    sent: list[dict[str, Any]] = []
+    listed = {"result": {"result": True}, "energy_used": 605, "constant_result": [f"{1:064x}"]}
+
+    async def scenario() -> None:
+        async with stub_chain(listed, sent) as chain:
+            assert await chain.is_blacklisted(DEPOSIT, token=USDT) is True
+        async with stub_chain(FORMS["revert"], []) as chain:
+            with pytest.raises(ChainResponseError, match="reverted"):
+                await chain.is_blacklisted(DEPOSIT, token=USDT)
+
+    run(scenario())
+    assert sent[0]["function_selector"] == "isBlackListed(address)"
+    assert sent[0]["parameter"] == "00" * 12 + address_to_hex(DEPOSIT)[2:]
+    assert sent[0]["owner_address"] == DEPOSIT and sent[0]["visible"] is True
+
+
+def test_the_revert_reason_is_decoded_from_error_string() -> None:
+    word = FORMS["revert_with_reason"]["constant_result"][0]
+    assert word.startswith(ERROR_SELECTOR)
+    assert FORMS["expected"]["revert_with_reason"]["message"].endswith(
+        bytes.fromhex(word[8 + 128 :]).rstrip(b"\0").decode()
+    )
+
+
+def test_a_result_message_alone_marks_a_revert() -> None:
+    answer = json.loads(json.dumps(FORMS["revert"]))
+    del answer["transaction"]  # e.g. a proxy that drops it: the message still says REVERT
+
+    async def scenario() -> Simulation:
+        async with stub_chain(answer, []) as chain:
+            return await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
+
+    assert run(scenario()) == Simulation(True, FORMS["revert"]["energy_used"], 0, "REVERT opcode executed")

@@ -172,3 +172,60 @@ def test_tables_on_a_tty(
     out = Tty()
     assert main(["--config", str(config), "sweeps", "list"], out=out) == 0
     assert out.getvalue().startswith("ID")
+
+
+def test_held_addresses_are_listed_released_and_counted(
+    config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "migrate", capsys=capsys)
+    f = tmp_path / "a.txt"
+    f.write_text("\n".join(A))
+    run(config, "addresses", "import", str(f), capsys=capsys)
+    ledger = _ledger(db_url)
+    failed = ledger.queue_sweep(A[0], "USDT", USDT, 20_000_000)
+    assert failed
+    ledger.transition(failed, SweepState.QUEUED, SweepState.ORDERING, reason="claimed")
+    ledger.transition(
+        failed, SweepState.ORDERING, SweepState.FAILED, reason="frozen (isBlackListed)", hold=True
+    )
+
+    listed = {
+        r["address"]: r for r in json.loads(run(config, "addresses", "list", "--json", capsys=capsys)[1])
+    }
+    [hold] = listed[A[0]]["held"]
+    assert (hold["token"], hold["sweep_id"], hold["reason"]) == ("USDT", failed, "frozen (isBlackListed)")
+    assert listed[A[1]]["held"] == []
+    stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
+    assert stats["held_addresses"] == 1 and stats["ordering_paused"] is None
+    assert stats["spent_today_trx"] == "0" and stats["daily_cap_trx"] == "500"
+
+    code, _, err = run(config, "addresses", "release", A[1], capsys=capsys)
+    assert code == 2 and "is not held; nothing changed" in err
+    code, _, err = run(config, "addresses", "release", "Tnope", capsys=capsys)
+    assert code == 2 and "ADDRESS:" in err
+    code, out, _ = run(config, "addresses", "release", A[0], "--token", "USDT", "--json", capsys=capsys)
+    assert code == 0 and [r["address"] for r in json.loads(out)["released"]] == [A[0]]
+    assert ledger.active_hold(A[0], "USDT") is None
+    assert json.loads(run(config, "stats", "--json", capsys=capsys)[1])["held_addresses"] == 0
+    ledger.engine.dispose()
+
+
+def test_ordering_resume_lifts_the_persisted_pause(
+    config: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(config, "migrate", capsys=capsys)
+    ledger = _ledger(db_url)
+    assert json.loads(run(config, "ordering", "resume", "--json", capsys=capsys)[1])["resumed"] is False
+    ledger.set_pause("ordering", "order X cost 12 TRX")
+    assert (
+        json.loads(run(config, "stats", "--json", capsys=capsys)[1])["ordering_paused"]
+        == "order X cost 12 TRX"
+    )
+    code, out, _ = run(config, "ordering", "resume", "--json", capsys=capsys)
+    assert (
+        code == 0
+        and json.loads(out)["resumed"] is True
+        and json.loads(out)["reason"] == "order X cost 12 TRX"
+    )
+    assert ledger.pause("ordering") is None
+    ledger.engine.dispose()

@@ -300,12 +300,26 @@ def test_retry_creates_a_new_row_once(known: Ledger) -> None:
         known.retry(sweep_id)
 
 
-def test_retry_refused_while_address_has_an_open_sweep(known: Ledger) -> None:
+def test_retry_refused_while_address_has_a_sweep_in_progress(known: Ledger) -> None:
     failed = queue(known)
     drive(known, failed, S.FAILED)
     open_id = queue(known)
+    known.claim("w", [S.QUEUED], limit=1, lease_seconds=60)  # ordering: being swept already
     with pytest.raises(OpenSweepExists, match=f"open USDT sweep \\({open_id}\\)"):
         known.retry(failed)
+    assert known.get_sweep(open_id).state is S.ORDERING
+
+
+def test_retry_takes_the_slot_of_a_row_the_scanner_queued_meanwhile(known: Ledger) -> None:
+    """Whoever got there first, the operator's retry ends with exactly one open row: the retry's."""
+    failed = queue(known)
+    drive(known, failed, S.FAILED)
+    scanned = queue(known)  # the scanner queued the address again before the operator acted
+    new_id = known.retry(failed)
+    assert known.get_sweep(scanned).state is S.CANCELLED
+    assert "superseded by the operator's retry" in known.events(scanned)[-1].reason
+    assert known.get_sweep(new_id).state is S.QUEUED
+    assert [s.id for s in known.list_sweeps() if not s.is_final] == [new_id]
 
 
 def test_stats_and_listing(known: Ledger) -> None:

@@ -312,6 +312,9 @@ METRIC_NAMES = [
     "sweeper_provider_errors_total",
     "sweeper_callbacks_total",
     "sweeper_stuck_sweeps",
+    "sweeper_held_addresses",
+    "sweeper_spent_today_sun",
+    "sweeper_ordering_paused",
 ]
 
 

@@ -126,23 +126,24 @@ def test_stuck_boundary_is_exact(known: Ledger, clock: FakeClock) -> None:
     assert [s.id for s in snapshot.stuck.oldest] == [queued, ordering]  # longest stuck first
 
 
-def test_a_transition_restarts_the_stuck_clock_and_reentry_counts_from_the_latest(
+def test_a_row_cycling_between_states_still_counts_from_its_first_claim(
     known: Ledger, clock: FakeClock
 ) -> None:
+    """Issue 11: the stuck clock starts at the first claim and no transition restarts it, so a row
+    that keeps going ordering -> queued -> ordering, or signed -> energy_ready, still alerts."""
+    t0 = clock()
     sweep = queue(known, A1, 15_000_000)
-    step(known, sweep, S.QUEUED, S.ORDERING)
-    step(known, sweep, S.ORDERING, S.ENERGY_ORDERED, serial="S1", cost_sun=1)
-    step(known, sweep, S.ENERGY_ORDERED, S.ENERGY_READY)
-    step(known, sweep, S.ENERGY_READY, S.SIGNED)
-    clock.advance(STUCK - 10)
-    step(known, sweep, S.SIGNED, S.ENERGY_READY)  # a re-sign: back in energy_ready, later
-    reentered = clock()
-    clock.advance(STUCK)
-    assert stuck_sweeps(known.engine, entered_before=clock() - timedelta(seconds=STUCK)).count == 0
-    clock.advance(0.000001)
-    stuck = stuck_sweeps(known.engine, entered_before=clock() - timedelta(seconds=STUCK))
-    assert stuck.count == 1
-    assert stuck.oldest[0].since == reentered
+    [claimed] = known.claim("worker-1", [S.QUEUED], limit=1, lease_seconds=60)
+    assert claimed.first_claimed_at == t0
+    for _ in range(3):  # back to the queue and claimed again, each time a little later
+        clock.advance(STUCK / 4)
+        known.transition(sweep, S.ORDERING, S.QUEUED, reason="back off", holder="worker-1", release=True)
+        known.claim("worker-1", [S.QUEUED], limit=1, lease_seconds=60)
+    clock.advance(STUCK / 4)
+    assert known.get_sweep(sweep).first_claimed_at == t0
+    assert stuck_sweeps(known.engine, entered_before=t0).count == 0  # exactly at the limit: not yet
+    stuck = stuck_sweeps(known.engine, entered_before=t0 + TINY)
+    assert stuck.count == 1 and stuck.oldest[0].since == t0 and stuck.by_state == {"ordering": 1}
 
 
 def test_a_released_claim_does_not_restart_the_stuck_clock(known: Ledger, clock: FakeClock) -> None:
@@ -180,3 +181,23 @@ def test_detection_lag_from_the_last_completed_scan_pass(known: Ledger, clock: F
     assert value(metrics, "sweeper_detection_lag_seconds") == 60
     metrics.set_detection_lag(completed, clock())
     assert value(metrics, "sweeper_detection_lag_seconds") == 90
+
+
+def test_held_addresses_spend_today_and_the_ordering_pause_are_gauges(
+    known: Ledger, clock: FakeClock
+) -> None:
+    metrics = Metrics()
+    sweep = queue(known, A1, 15_000_000)
+    assert len(known.claim("w", [S.QUEUED], limit=1, lease_seconds=60)) == 1
+    reservation = known.reserve_order(sweep, "w", price_sun=4_000_000, cap_sun=10_000_000)
+    assert reservation is not None and reservation.reserved
+    known.transition(sweep, S.ORDERING, S.FAILED, reason="paid, then failed", holder="w", hold=True)
+    known.set_pause("ordering", "an order cost too much")
+    metrics.refresh_from_ledger(known, stuck_after_seconds=STUCK, now=clock())
+    assert value(metrics, "sweeper_held_addresses") == 1
+    assert value(metrics, "sweeper_spent_today_sun") == 4_000_000
+    assert value(metrics, "sweeper_ordering_paused") == 1
+    known.release_holds(A1)
+    known.clear_pause("ordering")
+    metrics.refresh_from_ledger(known, stuck_after_seconds=STUCK, now=clock())
+    assert value(metrics, "sweeper_held_addresses") == 0 and value(metrics, "sweeper_ordering_paused") == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -15,11 +16,21 @@ from tronpy.proto import calculate_txid_from_raw_data
 
 from sweeper.chain import TRANSFER_TOPIC, transfer_data
 from sweeper.domain import address_to_hex
+from sweeper.sandbox.control import SandboxControl
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
-from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER, USDT_MAINNET, World
+from sweeper.sandbox.world import (
+    USDT_ENERGY_NEW_HOLDER,
+    USDT_ENERGY_OLD_HOLDER,
+    USDT_ENERGY_REVERT,
+    USDT_ENERGY_REVERT_BLACKLISTED,
+    USDT_ENERGY_REVERT_PAUSED,
+    USDT_MAINNET,
+    World,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
+FORMS = json.loads((FIXTURES / "constant-call-forms.json").read_text())
 OWNER = VECTORS["derived"][0]["address"]
 OWNER_KEY = PrivateKey(bytes.fromhex(VECTORS["derived"][0]["private_key"]))
 OTHER_KEY = PrivateKey(bytes.fromhex(VECTORS["derived"][1]["private_key"]))
@@ -300,3 +311,200 @@ def test_switches_429_5xx_and_the_control_endpoint(sandbox: RunningNode, http: h
     http.post("/_sandbox/control", json={"op": "switches", "latency_s": 0.0, "forge_txid": True})
     assert node.switches.forge_txid is True
     assert http.post("/_sandbox/control", json={"op": "nope"}).status_code == 400
+
+
+# --- Tether's freeze list, pause and the energy penalty -----------------------------------------
+
+
+def executed(http: httpx.Client, world: World, amount: int, **kwargs: Any) -> dict[str, Any]:
+    """Broadcast a transfer from OWNER, mine it, and return its transaction info."""
+    answer = post(http, "/wallet/broadcasttransaction", signed_transfer(world, amount, **kwargs))
+    assert answer["result"] is True, answer
+    world.produce_block()
+    info: dict[str, Any] = post(http, "/wallet/gettransactioninfobyid", {"value": answer["txid"]})
+    return info
+
+
+def test_a_blacklisted_senders_transfer_reverts_on_chain_and_uses_its_energy(
+    sandbox: RunningNode, http: httpx.Client
+) -> None:
+    world = sandbox.world
+    ready(world, 500)
+    world.blacklist(OWNER)
+    info = executed(http, world, 500)
+    assert info["result"] == "FAILED" and info["receipt"]["result"] == "REVERT"
+    assert bytes.fromhex(info["resMessage"]).decode() == "REVERT opcode executed"
+    assert info["receipt"]["energy_usage_total"] == USDT_ENERGY_REVERT_BLACKLISTED  # burnt, like any revert
+    assert "log" not in info
+    assert world.token_balance(USDT, OWNER) == 500 and world.token_balance(USDT, TO) == 0
+    assert world.account(OWNER).energy_used == USDT_ENERGY_REVERT_BLACKLISTED
+    # Off the list (and the spent energy topped up), the same transfer goes through.
+    world.delegate_energy(OWNER, USDT_ENERGY_REVERT_BLACKLISTED)
+    world.blacklist(OWNER, False)
+    assert executed(http, world, 500)["receipt"]["result"] == "SUCCESS"
+    assert world.token_balance(USDT, TO) == 500
+
+
+def test_a_paused_token_reverts_every_transfer(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    ready(world, 500)
+    world.pause_usdt()
+    info = executed(http, world, 1)
+    assert info["receipt"]["result"] == "REVERT"
+    assert info["receipt"]["energy_usage_total"] == USDT_ENERGY_REVERT_PAUSED
+    world.delegate_energy(OWNER, USDT_ENERGY_REVERT_PAUSED)
+    world.pause_usdt(False)
+    assert executed(http, world, 1)["receipt"]["result"] == "SUCCESS"
+
+
+def test_the_energy_penalty_raises_the_executed_energy(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    world.credit_token(USDT, TO, 1)
+    penalty = 30_000
+    ready(world, 500, energy=USDT_ENERGY_OLD_HOLDER + penalty)
+    world.set_energy_penalty(penalty)
+    info = executed(http, world, 500, fee_limit=100_000_000)
+    assert info["receipt"]["result"] == "SUCCESS"
+    assert info["receipt"]["energy_usage_total"] == USDT_ENERGY_OLD_HOLDER + penalty
+    assert info["receipt"]["energy_penalty_total"] == penalty
+    assert "fee" not in info  # the delegation covered base + penalty exactly
+    assert world.account(OWNER).energy_available == 0
+
+
+# --- triggerconstantcontract in java-tron's forms -----------------------------------------------
+
+
+def constant_transfer(http: httpx.Client, amount: int, *, owner: str = OWNER, visible: bool = True) -> Any:
+    return post(
+        http,
+        "/wallet/triggerconstantcontract",
+        {
+            "owner_address": owner if visible else address_to_hex(owner),
+            "contract_address": USDT if visible else address_to_hex(USDT),
+            "function_selector": "transfer(address,uint256)",
+            "parameter": transfer_data(TO, amount)[8:],
+            "visible": visible,
+        },
+    )
+
+
+def shape(answer: Any) -> Any:
+    """The answer's structure: keys and value types, recursively (values themselves left out)."""
+    if isinstance(answer, dict):
+        return {k: shape(v) for k, v in answer.items()}
+    if isinstance(answer, list):
+        return [shape(v) for v in answer]
+    return type(answer).__name__
+
+
+def test_constant_transfers_answer_like_java_tron(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    world.credit_token(USDT, OWNER, 1_000)  # never activated, no TRX: answered all the same
+    world.set_energy_penalty(49_650)
+    ok = constant_transfer(http, 1_000)
+    assert shape(ok) == shape(FORMS["success"])
+    assert ok["result"] == {"result": True} and ok["transaction"]["ret"] == [{}]
+    assert ok["energy_used"] == USDT_ENERGY_NEW_HOLDER + 49_650 and ok["energy_penalty"] == 49_650
+    assert int(ok["constant_result"][0], 16) == 1
+    assert ok["logs"][0]["address"] == FORMS["success"]["logs"][0]["address"]  # base58 of the 20 bytes
+    tx = ok["transaction"]
+    assert tx["txID"] == hashlib.sha256(bytes.fromhex(tx["raw_data_hex"])).hexdigest()
+    value = tx["raw_data"]["contract"][0]["parameter"]["value"]
+    assert value == {"data": transfer_data(TO, 1_000), "owner_address": OWNER, "contract_address": USDT}
+
+    world.set_energy_penalty(0)
+    over = constant_transfer(http, 1_001)
+    assert shape(over) == shape(FORMS["revert"])
+    assert over["result"] == FORMS["revert"]["result"] and over["transaction"]["ret"] == [{"ret": "FAILED"}]
+    assert over["energy_used"] == USDT_ENERGY_REVERT and over["constant_result"] == [""]
+    # visible=false: the message is hex, addresses are 41… hex.
+    hidden = constant_transfer(http, 1_001, visible=False)
+    assert bytes.fromhex(hidden["result"]["message"]).decode() == "REVERT opcode executed"
+    assert hidden["transaction"]["raw_data"]["contract"][0]["parameter"]["value"]["owner_address"] == (
+        address_to_hex(OWNER)
+    )
+
+    world.blacklist(OWNER)
+    frozen = constant_transfer(http, 1)
+    assert frozen["result"]["message"] == "REVERT opcode executed"
+    assert frozen["energy_used"] == USDT_ENERGY_REVERT_BLACKLISTED
+    assert world.token_balance(USDT, OWNER) == 1_000 and not world.transactions  # nothing executed
+
+    unknown = post(
+        http,
+        "/wallet/triggerconstantcontract",
+        {
+            "owner_address": OWNER,
+            "contract_address": TO,
+            "function_selector": "transfer(address,uint256)",
+            "parameter": transfer_data(TO, 1)[8:],
+            "visible": True,
+        },
+    )
+    assert unknown == FORMS["validate_error"]
+
+
+def test_is_blacklisted_and_estimateenergy_follow_the_world(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    world.credit_token(USDT, OWNER, 10)
+
+    def listed(address: str) -> bool:
+        answer = post(
+            http,
+            "/wallet/triggerconstantcontract",
+            {
+                "owner_address": address,
+                "contract_address": USDT,
+                "function_selector": "isBlackListed(address)",
+                "parameter": "00" * 12 + address_to_hex(address)[2:],
+                "visible": True,
+            },
+        )
+        assert answer["result"] == {"result": True} and answer["transaction"]["ret"] == [{}]
+        return bool(int(answer["constant_result"][0], 16))
+
+    def estimate(amount: int) -> Any:
+        return post(
+            http,
+            "/wallet/estimateenergy",
+            {
+                "owner_address": OWNER,
+                "contract_address": USDT,
+                "data": transfer_data(TO, amount),
+                "visible": True,
+            },
+        )
+
+    assert not listed(OWNER)
+    world.set_energy_penalty(1_000)
+    assert estimate(10) == {"result": {"result": True}, "energy_required": USDT_ENERGY_NEW_HOLDER + 1_000}
+    world.blacklist(OWNER)
+    assert listed(OWNER) and not listed(TO)
+    assert estimate(10) == {"result": {"code": "CONTRACT_EXE_ERROR", "message": "REVERT opcode executed"}}
+
+
+def test_chain_parameters_carry_the_fees(sandbox: RunningNode, http: httpx.Client) -> None:
+    params = {p["key"]: p["value"] for p in post(http, "/wallet/getchainparameters")["chainParameter"]}
+    world = sandbox.world
+    assert params["getEnergyFee"] == world.energy_fee_sun == 100
+    assert params["getTransactionFee"] == world.bandwidth_fee_sun == 1_000
+    assert params["getCreateAccountFee"] == 100_000
+    assert params["getCreateNewAccountFeeInSystemContract"] == 1_000_000
+    assert params["getFreeNetLimit"] == 600
+
+
+def test_the_contract_state_control_ops(sandbox: RunningNode) -> None:
+    world = sandbox.world
+    with SandboxControl(sandbox.url, "http://127.0.0.1:9") as control:
+        state = control.blacklist(OWNER)
+        assert state.blacklisted == (OWNER,) and world.is_blacklisted(OWNER)
+        state = control.pause_usdt()
+        assert state.usdt_paused and world.usdt_paused
+        state = control.set_energy_penalty(12_345)
+        assert state.usdt_energy_penalty == 12_345 == world.usdt_energy_penalty
+        control.blacklist(OWNER, held=False)
+        state = control.pause_usdt(held=False)
+        assert state.blacklisted == () and not state.usdt_paused
+        assert control.node_state().usdt_energy_penalty == 12_345
+    with httpx.Client(base_url=sandbox.url) as http:
+        assert http.post("/_sandbox/control", json={"op": "energy_penalty", "amount": -1}).status_code == 400

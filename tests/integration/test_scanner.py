@@ -320,3 +320,28 @@ def test_scan_command_dry_run_then_real(
         assert {(c["address"], c["sweep_id"]) for c in real["candidates"]} == {
             (r["address"], r["id"]) for r in listed
         }
+
+
+def test_held_and_cooling_down_addresses_are_neither_read_nor_queued(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    """Issue 11: the first wave queued a failed address again on the next pass (and paid again)."""
+    sync_addresses(settings, ledger)
+    held, cooling = sorted(EXPECTED)[:2]
+    for address, hold in ((held, True), (cooling, False)):
+        sweep_id = ledger.queue_sweep(address, "USDT", node.world.usdt_contract, MIN)
+        assert sweep_id is not None
+        ledger.transition(sweep_id, SweepState.QUEUED, SweepState.ORDERING, reason="claimed")
+        ledger.transition(
+            sweep_id, SweepState.ORDERING, SweepState.FAILED, reason="failed", hold=hold, cooldown=not hold
+        )
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            report = await scanner(ledger, chain, settings, page_size=7).run_pass()
+            assert report.skipped_held == 2 and report.balance_reads == N - 2
+            assert report.queued == len(EXPECTED) - 2
+
+    asyncio.run(go())
+    open_rows = {r.address for r in ledger.list_sweeps() if not r.is_final}
+    assert open_rows == EXPECTED - {held, cooling}

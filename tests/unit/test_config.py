@@ -55,7 +55,7 @@ def test_example_config_passes_check(
 
 
 def test_example_config_keys_are_all_of_the_contract() -> None:
-    contract = (REPO / "tests" / "fixtures" / "contract.md").read_text()
+    contract = (REPO / "docs" / "operator-contract.md").read_text()
     block = contract.split("```toml", 1)[1].split("```", 1)[0]
     settings = load_settings(
         write_tmp(block.replace('destination = "T…"', f'destination = "{DEST}"')), secrets=False

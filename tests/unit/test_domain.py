@@ -27,7 +27,7 @@ from sweeper.domain import (
 
 S = SweepState
 
-# design.md's transition table, written out independently of the code.
+# docs/design.md's transition table, written out independently of the code.
 DESIGN_TABLE = {
     (None, S.QUEUED),
     (S.QUEUED, S.ORDERING),
@@ -35,6 +35,7 @@ DESIGN_TABLE = {
     (S.ORDERING, S.QUEUED),
     (S.ORDERING, S.CANCELLED),
     (S.ORDERING, S.ENERGY_ORDERED),
+    (S.ORDERING, S.ENERGY_READY),  # energy already on the address: nothing ordered
     (S.ORDERING, S.FAILED),
     (S.ENERGY_ORDERED, S.ENERGY_READY),
     (S.ENERGY_ORDERED, S.FAILED),

@@ -1,0 +1,173 @@
+"""Ledger side of money safety (docs/design.md, "Money safety"), on SQLite and Postgres alike:
+holds after paid failures, cooldowns after unpaid ones, persistent pauses, and the daily budget."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from sweeper.domain import SweepState
+from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, utc_day
+from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
+from tests.conftest import FakeClock
+
+S = SweepState
+USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
+A1 = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
+A2 = "TSeJkUh4Qv67VNFwY8LaAxERygNdy6NQZK"
+
+
+@pytest.fixture
+def known(ledger: Ledger) -> Ledger:
+    ledger.upsert_addresses([NewAddress(A1, "hd", hd_index=0), NewAddress(A2, "hd", hd_index=1)])
+    return ledger
+
+
+def fail(ledger: Ledger, address: str = A1, *, hold: bool = False, cooldown: bool = False) -> int:
+    sweep_id = ledger.queue_sweep(address, "USDT", USDT, 20_000_000)
+    assert sweep_id is not None
+    ledger.transition(sweep_id, S.QUEUED, S.ORDERING, reason="claimed")
+    ledger.transition(sweep_id, S.ORDERING, S.FAILED, reason="it went wrong", hold=hold, cooldown=cooldown)
+    return sweep_id
+
+
+def test_a_paid_failure_holds_the_pair_until_released(known: Ledger) -> None:
+    failed = fail(known, hold=True)
+    hold = known.active_hold(A1, "USDT")
+    assert hold is not None and (hold.sweep_id, hold.reason) == (failed, "it went wrong")
+    assert known.queue_sweep(A1, "USDT", USDT, 30_000_000) is None  # not queued again
+    assert known.blocked("USDT", [A1, A2]) == {A1}
+    assert known.stats().held == 1
+    assert known.queue_sweep(A2, "USDT", USDT, 30_000_000) is not None  # other addresses unaffected
+    with pytest.raises(LedgerError, match="not held"):
+        known.release_holds(A2, "USDT")
+    [released] = known.release_holds(A1, "USDT", actor="alice")
+    assert released.id == hold.id
+    assert known.active_hold(A1, "USDT") is None
+    [kept] = known.holds(active_only=False)
+    assert (kept.released_by, kept.released_at is not None) == ("alice", True)  # the audit trail stays
+    assert known.queue_sweep(A1, "USDT", USDT, 30_000_000) is not None
+
+
+def test_retry_lifts_the_hold_and_takes_the_slot(known: Ledger) -> None:
+    failed = fail(known, hold=True)
+    new_id = known.retry(failed)
+    assert known.active_hold(A1, "USDT") is None
+    assert known.get_sweep(new_id).state is S.QUEUED
+    assert known.queue_sweep(A1, "USDT", USDT, 30_000_000) is None  # the retry holds the one open slot
+
+
+def test_unpaid_failures_cool_down_doubling_up_to_a_day_and_survive_new_rows(
+    known: Ledger, clock: FakeClock
+) -> None:
+    fail(known, cooldown=True)
+    first = known.cooldown(A1, "USDT")
+    assert first is not None and first.failures == 1
+    assert first.until == clock() + timedelta(seconds=COOLDOWN_BASE_SECONDS)
+    assert known.queue_sweep(A1, "USDT", USDT, 30_000_000) is None
+    clock.advance(COOLDOWN_BASE_SECONDS)
+    fail(known, cooldown=True)  # the next row fails the same way: the wait doubles
+    second = known.cooldown(A1, "USDT")
+    assert second is not None and second.failures == 2
+    assert second.until == clock() + timedelta(seconds=2 * COOLDOWN_BASE_SECONDS)
+    for _ in range(20):
+        clock.advance(COOLDOWN_MAX_SECONDS)
+        fail(known, cooldown=True)
+    capped = known.cooldown(A1, "USDT")
+    assert capped is not None and capped.until == clock() + timedelta(seconds=COOLDOWN_MAX_SECONDS)
+    assert known.active_hold(A1, "USDT") is None  # nothing was paid: never held
+
+
+def test_a_confirmed_sweep_clears_the_cooldown(known: Ledger, clock: FakeClock) -> None:
+    fail(known, cooldown=True)
+    clock.advance(COOLDOWN_BASE_SECONDS)
+    sweep_id = known.queue_sweep(A1, "USDT", USDT, 30_000_000)
+    assert sweep_id is not None
+    for source, target in [
+        (S.QUEUED, S.ORDERING),
+        (S.ORDERING, S.ENERGY_READY),
+        (S.ENERGY_READY, S.SIGNED),
+        (S.SIGNED, S.BROADCAST),
+        (S.BROADCAST, S.CONFIRMED),
+    ]:
+        known.transition(sweep_id, source, target, reason="ok")
+    assert known.cooldown(A1, "USDT") is None
+
+
+def test_hold_and_cooldown_only_follow_a_failure(known: Ledger) -> None:
+    sweep_id = known.queue_sweep(A1, "USDT", USDT, 30_000_000)
+    assert sweep_id is not None
+    with pytest.raises(ValueError, match="only follow a failure"):
+        known.transition(sweep_id, S.QUEUED, S.CANCELLED, reason="x", hold=True)
+    assert known.get_sweep(sweep_id).state is S.QUEUED
+
+
+def test_pauses_persist_and_are_set_once(known: Ledger, clock: FakeClock) -> None:
+    assert known.set_pause(ORDERING_PAUSE, "order cost 12 TRX")
+    assert not known.set_pause(ORDERING_PAUSE, "another")
+    assert known.stats().ordering_paused == "order cost 12 TRX"
+    due = clock() + timedelta(seconds=600)
+    known.set_pause("token:USDT", "reverts", next_check_at=due)
+    assert not known.take_pause_check("token:USDT", next_check_at=due + timedelta(seconds=600))
+    clock.advance(600)
+    assert known.take_pause_check("token:USDT", next_check_at=clock() + timedelta(seconds=600))
+    assert not known.take_pause_check("token:USDT", next_check_at=clock() + timedelta(seconds=600))
+    lifted = known.clear_pause(ORDERING_PAUSE)
+    assert lifted is not None and lifted.reason == "order cost 12 TRX"
+    assert known.clear_pause(ORDERING_PAUSE) is None and known.stats().ordering_paused is None
+
+
+def test_reservations_count_against_the_day_and_are_replaced_by_real_amounts(
+    known: Ledger, clock: FakeClock
+) -> None:
+    a = known.queue_sweep(A1, "USDT", USDT, 30_000_000)
+    b = known.queue_sweep(A2, "USDT", USDT, 30_000_000)
+    assert a is not None and b is not None
+    rows = known.claim("w", [S.QUEUED], limit=2, lease_seconds=60)
+    assert {r.id for r in rows} == {a, b}
+    first = known.reserve_order(a, "w", price_sun=4_000_000, cap_sun=7_000_000)
+    assert first is not None and first.reserved and first.spent_sun == 0
+    assert known.get_sweep(a).order_sent_at == clock()  # committed together with the mark
+    second = known.reserve_order(b, "w", price_sun=4_000_000, cap_sun=7_000_000)
+    assert second is not None and not second.reserved and second.spent_sun == 4_000_000
+    assert known.get_sweep(b).order_sent_at is None and known.get_sweep(b).charge_sun is None
+    # A's order turns out cheaper; B fits now. A refund is credited back.
+    known.transition(
+        a, S.ORDERING, S.ENERGY_ORDERED, reason="ordered", holder="w", changes={"charge_sun": 3_000_000}
+    )
+    again = known.reserve_order(b, "w", price_sun=4_000_000, cap_sun=7_000_000)
+    assert again is not None and again.reserved and again.spent_sun == 3_000_000
+    assert known.spent_on(utc_day(clock())) == 7_000_000
+    # A re-reservation of the same row replaces its own (never counted twice).
+    assert (known.reserve_order(b, "w", price_sun=4_000_000, cap_sun=7_000_000) or first).reserved
+    # The next UTC day starts from zero.
+    clock.advance(86_400)
+    assert known.spent_on(utc_day(clock())) == 0
+    assert known.reserve_order(a, "nobody", price_sun=1, cap_sun=10) is None  # claim lost / wrong state
+
+
+def test_sixteen_concurrent_reservations_against_a_budget_for_three(known: Ledger) -> None:
+    """The budget decision is serialised: exactly three of sixteen racing rows get a reservation."""
+    addresses = [f"T{i:033d}" for i in range(16)]  # ledger-only rows: the address format is not checked here
+    known.upsert_addresses(NewAddress(a, "import") for a in addresses)
+    ids = [known.queue_sweep(a, "USDT", USDT, 30_000_000) for a in addresses]
+    rows = known.claim("w", [S.QUEUED], limit=16, lease_seconds=60)
+    assert len(rows) == 16
+    barrier = threading.Barrier(16)
+    results: dict[int, bool] = {}
+
+    def reserve(sweep_id: int) -> None:
+        barrier.wait()
+        outcome = known.reserve_order(sweep_id, "w", price_sun=5_000_000, cap_sun=15_000_000)
+        results[sweep_id] = bool(outcome and outcome.reserved)
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in ids if i is not None]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(results.values()) == 3
+    assert known.spent_on(utc_day(known.now())) == 15_000_000
+    assert sum(1 for s in known.list_sweeps() if s.order_sent_at is not None) == 3
