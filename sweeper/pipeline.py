@@ -41,6 +41,7 @@ import structlog
 from sweeper.chain import (
     BroadcastRejected,
     ChainError,
+    ChainResponseError,
     SignedTransfer,
     Simulation,
     TransactionExpired,
@@ -206,8 +207,11 @@ class Pipeline:
         self._no_quote_since: float | None = None
         self._last_no_quote_alert: float = 0.0
         self._index_cache: tuple[float, tuple[int | None, int | None]] | None = None
-        # token symbol -> deposit addresses whose simulation reverted since the token's last success
-        self._reverting: dict[str, set[str]] = {}
+        # token symbol -> {deposit address: when its simulation last reverted (monotonic)}, since the
+        # token's last passing simulation; only reverts within `revert_hold_seconds` count.
+        self._reverting: dict[str, dict[str, float]] = {}
+        # sweep id -> consecutive node errors before ordering: the back-off grows (never fails a row)
+        self._node_errors: dict[int, int] = {}
         self.ordering_paused_reason: str | None = None  # the persisted pause, for /healthz
 
     # --- driving ----------------------------------------------------------------------------
@@ -514,9 +518,14 @@ class Pipeline:
                 row.address, self.options.destination, balance, token=row.token_contract
             )
         except ChainError as exc:  # node errors and timeouts back off; they never hold
-            return await self._back_to_queue(row, f"transfer simulation failed: {exc}")
+            return await self._node_error(row, f"transfer simulation failed: {exc}")
         if sim.reverted:
             return await self._reverted(row, sim, probe=probe)
+        if sim.energy_used <= 0:  # a passing transfer always uses energy: the answer is unusable
+            return await self._node_error(row, "the simulation answered no energy_used")
+        self._node_errors.pop(row.id, None)
+        # It passes now: a revert seen earlier no longer counts toward holding the address.
+        passed: dict[str, Any] = {"reverting_since": None}
         if probe:
             await asyncio.to_thread(self.ledger.clear_pause, token_pause)
             log.info("token resumed: a simulated transfer passes again", token=row.token, sweep_id=row.id)
@@ -531,7 +540,7 @@ class Pipeline:
             )
             energy_fee = await self.chain.energy_fee()
         except ChainError as exc:
-            return await self._back_to_queue(row, f"chain read before ordering failed: {exc}")
+            return await self._node_error(row, f"chain read before ordering failed: {exc}", changes=passed)
         delivered = await self._delivered_energy(destination_holds)
         if need > delivered:
             return await self._fail(
@@ -553,6 +562,7 @@ class Pipeline:
                 f"fee_limit for {need} energy at {energy_fee} sun is {format_units(need * energy_fee, 6)} TRX, "
                 "above safety.max_fee_limit_trx",
                 delay=3600.0,
+                changes=passed,
             )
 
         # 5. The energy (and the bandwidth) may already be there: then nothing is bought.
@@ -561,7 +571,14 @@ class Pipeline:
                 row.address, self.options.destination, row.token_contract, energy_needed=need
             )
         except ChainError as exc:
-            return await self._back_to_queue(row, f"resource check failed: {exc}")
+            return await self._node_error(row, f"resource check failed: {exc}", changes=passed)
+        busy = await asyncio.to_thread(self.ledger.address_busy, row.address, other_than=row.id)
+        if busy is not None:
+            # Another token's sweep of this address has energy coming or in use: its energy is
+            # not ours to count, nor to spend. Wait for it to finish.
+            return await self._back_to_queue(
+                row, f"sweep {busy} of the same address is in progress", delay=30.0, changes=passed
+            )
         if check.ok:
             return await self._move(
                 row,
@@ -580,22 +597,24 @@ class Pipeline:
 
         # 6. Caps, failing closed: no quote, no order; the reservation and the order-sent mark are
         # one transaction against the UTC day's locked budget row.
-        if await asyncio.to_thread(self.ledger.pause, ORDERING_PAUSE) is not None:
-            return await self._back_to_queue(row, "energy ordering is paused", delay=60.0)
         price = await self._price()
         if price is None:
             return await self._back_to_queue(
                 row,
                 "no energy price quote: nothing is ordered without one",
                 delay=self.options.no_quote_retry_seconds,
+                changes=passed,
             )
-        if price > self.options.max_cost_per_sweep_sun:
+        # What the order may cost, activation included (the provider activates the address).
+        reserve = price + (0 if check.activated else ACTIVATION_RESERVE_SUN)
+        if reserve > self.options.max_cost_per_sweep_sun:
+            what = "energy price" if reserve == price else "energy price with the activation"
             return await self._back_to_queue(
                 row,
-                f"energy price {format_units(price, 6)} TRX is above safety.max_cost_per_sweep_trx",
+                f"{what} {format_units(reserve, 6)} TRX is above safety.max_cost_per_sweep_trx",
                 delay=3600.0,
+                changes=passed,
             )
-        reserve = price + (0 if check.activated else ACTIVATION_RESERVE_SUN)
         reservation = await asyncio.to_thread(
             self.ledger.reserve_order,
             row.id,
@@ -605,6 +624,10 @@ class Pipeline:
         )
         if reservation is None:
             raise _LostClaim
+        if reservation.paused is not None:
+            return await self._back_to_queue(
+                row, f"energy ordering is paused: {reservation.paused}", delay=60.0, changes=passed
+            )
         if not reservation.reserved:
             day_start = datetime.strptime(reservation.day, "%Y-%m-%d").replace(tzinfo=UTC)
             tomorrow = day_start + timedelta(days=1)
@@ -619,6 +642,7 @@ class Pipeline:
                 f"daily spend cap reached ({format_units(reservation.spent_sun, 6)} TRX charged on "
                 f"{reservation.day} UTC)",
                 delay=(tomorrow - self.now()).total_seconds() + 1,
+                changes=passed,
             )
 
         # 7. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
@@ -647,6 +671,16 @@ class Pipeline:
             self._pause_ordering(f"provider refused our API key: {exc}")
             return await self._back_to_queue(row, f"provider auth error: {exc}", delay=self._pause_left())
         except OrderRejected as exc:
+            if "out_trade_no" in exc.field_errors:
+                # Refused because of our out_trade_no (e.g. already used): an order with it may
+                # exist after all. Keep the reservation and keep looking it up; never fail unpaid.
+                log.warning(
+                    "order refused over its out_trade_no; looking it up", sweep_id=row.id, error=str(exc)
+                )
+                await self._release(
+                    row, self.options.order_grace_seconds, f"order refused: {exc}", count=True
+                )
+                return Step.WAIT
             if exc.field_errors:  # the request itself names what is wrong with this sweep
                 self._consecutive_rejections = 0
                 return await self._fail(
@@ -667,7 +701,7 @@ class Pipeline:
                 )
             return await self._back_to_queue(row, f"provider refused the order: {exc}", count=True)
         except ProviderUnavailable as exc:  # provably not sent: nothing was ordered
-            return await self._back_to_queue(row, f"provider unavailable: {exc}", count=True)
+            return await self._back_to_queue(row, f"provider unavailable: {exc}", count=True, changes=passed)
         except ProviderError as exc:
             await self._release(row, self.options.order_grace_seconds, f"provider error: {exc}", count=True)
             return Step.WAIT
@@ -697,8 +731,10 @@ class Pipeline:
         what = f"the simulated transfer reverts ({sim.message or 'no reason given'})"
         try:
             frozen = await self.chain.is_blacklisted(row.address, token=row.token_contract)
+        except ChainResponseError:
+            frozen = False  # the token has no freeze list (no isBlackListed): not frozen by it
         except ChainError as exc:
-            return await self._back_to_queue(row, f"{what}; freeze check failed: {exc}")
+            return await self._node_error(row, f"{what}; freeze check failed: {exc}")
         if frozen:
             return await self._fail(
                 row,
@@ -711,8 +747,12 @@ class Pipeline:
             return await self._back_to_queue(
                 row, f"{what}; {row.token} stays paused", delay=self.options.token_recheck_seconds
             )
-        reverting = self._reverting.setdefault(row.token, set())
-        reverting.add(row.address)
+        reverting = self._reverting.setdefault(row.token, {})
+        now = time.monotonic()
+        reverting[row.address] = now
+        for address, at in list(reverting.items()):  # only recent reverts count
+            if now - at > self.options.revert_hold_seconds:
+                del reverting[address]
         if len(reverting) >= TOKEN_PAUSE_AFTER_ADDRESSES:
             next_check = self.now() + timedelta(seconds=self.options.token_recheck_seconds)
             if await asyncio.to_thread(
@@ -810,7 +850,7 @@ class Pipeline:
         }
         if order.amount_sun is not None:
             changes["charge_sun"] = order.amount_sun
-            if row.charge_day is None:
+            if row.charge_sun is None:  # no live reservation (released, or from before 0004): today
                 changes["charge_day"] = utc_day(self.now())
         await asyncio.to_thread(self._check_real_cost, row, order.amount_sun, order.serial)
         return await self._move(
@@ -849,6 +889,14 @@ class Pipeline:
         if count:
             values["attempts"] = row.attempts + 1
         return await self._move(row, S.QUEUED, reason, changes=values, release=True)
+
+    async def _node_error(
+        self, row: SweepRecord, reason: str, *, changes: dict[str, Any] | None = None
+    ) -> Step:
+        """A node error or timeout before ordering: back to the queue with a back-off that grows
+        per consecutive error of the row (never counted toward max_attempts: it never fails nor holds)."""
+        errors = self._node_errors[row.id] = self._node_errors.get(row.id, 0) + 1
+        return await self._back_to_queue(row, reason, delay=self._backoff(errors), changes=changes)
 
     def _pause_ordering(self, why: str) -> None:
         self.ordering_paused_until = self.now() + timedelta(seconds=self.options.low_balance_pause_seconds)
@@ -907,17 +955,19 @@ class Pipeline:
     # --- energy ordered: wait for the delegation ---------------------------------------
 
     async def _energy_ordered(self, row: SweepRecord) -> Step:
-        if self._seconds_in_state(row) > self.options.order_timeout_seconds:
-            return await self._fail(
-                row,
-                f"energy order {row.serial} not completed within {self.options.order_timeout_seconds} s",
-                paid=True,
-            )
+        # The order is asked first, even past the timeout (after a long outage, say): a final
+        # answer (delegated, or refunded) decides, not the clock.
         try:
             order = await self.provider.query_order(serial=row.serial, out_trade_no=str(row.id))
         except ProviderError as exc:
             return await self._retry_later(row, f"order query failed: {exc}")
+        timed_out = self._seconds_in_state(row) > self.options.order_timeout_seconds
+        timeout_reason = (
+            f"energy order {row.serial} not completed within {self.options.order_timeout_seconds} s"
+        )
         if not isinstance(order, Order):
+            if timed_out:
+                return await self._fail(row, timeout_reason + " (the provider does not know it)", paid=True)
             await self._release(row, self._poll_delay(row), f"order {row.serial} not found (yet)")
             return Step.WAIT
         if order.status.is_final and not order.status.is_success:
@@ -933,6 +983,8 @@ class Pipeline:
                 changes={"refund_sun": refund, "charge_sun": max(0, amount - refund)},
             )
         if not order.status.is_success:
+            if timed_out:
+                return await self._fail(row, f"{timeout_reason} (status {order.status.value})", paid=True)
             await self._release(row, self._poll_delay(row))
             return Step.WAIT
         try:
@@ -945,6 +997,10 @@ class Pipeline:
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
         if not check.ok:
+            if timed_out:
+                return await self._fail(
+                    row, f"{timeout_reason} on chain: " + "; ".join(check.reasons), paid=True
+                )
             await self._release(
                 row, self._poll_delay(row), "order complete, chain not yet: " + "; ".join(check.reasons)
             )

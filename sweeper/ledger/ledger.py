@@ -50,6 +50,14 @@ budget_days = cast(Table, BudgetDay.__table__)
 COOLDOWN_BASE_SECONDS = 300
 COOLDOWN_MAX_SECONDS = 86_400
 ORDERING_PAUSE = "ordering"
+# States in which a sweep has (or is getting) energy on its address.
+BUSY_STATES = (
+    SweepState.ORDERING,
+    SweepState.ENERGY_ORDERED,
+    SweepState.ENERGY_READY,
+    SweepState.SIGNED,
+    SweepState.BROADCAST,
+)
 
 
 def token_pause_name(token: str) -> str:
@@ -185,6 +193,7 @@ class Reservation:
     reserved: bool
     spent_sun: int  # the day's charges (reservations included) before this one
     day: str
+    paused: str | None = None  # not reserved because ordering is paused (why)
 
 
 @dataclass(frozen=True)
@@ -465,10 +474,23 @@ class Ledger:
     # --- claims -----------------------------------------------------------------------------
 
     def _claimable(self, states: Sequence[SweepState], now: datetime) -> Any:
+        # One sweep per deposit address at a time past `queued`: two tokens' sweeps of one address
+        # would otherwise share (and misjudge) the energy delegated to it.
+        other = sweeps.alias("other")
+        address_busy = (
+            select(other.c.id)
+            .where(
+                other.c.address == sweeps.c.address,
+                other.c.id != sweeps.c.id,
+                other.c.state.in_([s.value for s in BUSY_STATES]),
+            )
+            .exists()
+        )
         return and_(
             sweeps.c.state.in_([s.value for s in states]),
             or_(sweeps.c.next_attempt_at.is_(None), sweeps.c.next_attempt_at <= now),
             or_(sweeps.c.lease_until.is_(None), sweeps.c.lease_until <= now),
+            or_(sweeps.c.state != SweepState.QUEUED.value, ~address_busy),
         )
 
     def claim(
@@ -485,15 +507,21 @@ class Ledger:
         now = self.now()
         lease_until = now + timedelta(seconds=lease_seconds)
         with self.engine.begin() as conn:
-            ids = list(
-                conn.execute(
-                    select(sweeps.c.id)
-                    .where(self._claimable(states, now))
-                    .order_by(sweeps.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                ).scalars()
-            )
+            due = conn.execute(
+                select(sweeps.c.id, sweeps.c.address, sweeps.c.state)
+                .where(self._claimable(states, now))
+                .order_by(sweeps.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=sweeps)
+            ).all()
+            ids: list[int] = []
+            starting: set[str] = set()
+            for row in due:  # at most one queued row per address starts in one batch
+                if row.state == SweepState.QUEUED.value:
+                    if row.address in starting:
+                        continue
+                    starting.add(row.address)
+                ids.append(int(row.id))
             if not ids:
                 return []
             conn.execute(
@@ -617,6 +645,11 @@ class Ledger:
                 except IntegrityError:  # another worker made it first: fine, lock theirs
                     pass
             conn.execute(select(budget_days.c.day).where(budget_days.c.day == day).with_for_update()).one()
+            # Under the same lock as the budget: an over-cost answer that paused ordering a moment
+            # ago stops every reservation after it, in any worker.
+            paused = conn.execute(select(pauses.c.reason).where(pauses.c.name == ORDERING_PAUSE)).scalar()
+            if paused is not None:
+                return Reservation(False, 0, day, paused=paused)
             spent = int(
                 conn.execute(
                     select(func.coalesce(func.sum(sweeps.c.charge_sun), 0)).where(
@@ -651,11 +684,15 @@ class Ledger:
 
     def active_hold(self, address: str, token: str) -> HoldRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(holds).where(
-                    holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
-                )
-            ).first()
+            return self._active_hold(conn, address, token)
+
+    @staticmethod
+    def _active_hold(conn: Connection, address: str, token: str) -> HoldRecord | None:
+        row = conn.execute(
+            select(holds).where(
+                holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
+            )
+        ).first()
         return _hold_record(row) if row is not None else None
 
     def holds(self, *, active_only: bool = True) -> list[HoldRecord]:
@@ -862,6 +899,12 @@ class Ledger:
         now = self.now()
         try:
             with self.engine.begin() as conn:
+                active = self._active_hold(conn, original.address, original.token)
+                if active is not None and active.sweep_id != sweep_id:
+                    raise LedgerError(
+                        f"{original.address} ({original.token}) is held by sweep {active.sweep_id} "
+                        f"({active.reason}); retry that sweep, or `sweeper addresses release` it"
+                    )
                 self._release_holds(
                     conn, original.address, original.token, actor, f"retry of sweep {sweep_id}", now,
                     required=False,
@@ -886,7 +929,7 @@ class Ledger:
                         conn, other, SweepState.QUEUED, SweepState.CANCELLED,
                         f"superseded by the operator's retry of sweep {sweep_id}", actor, None, now,
                     )  # fmt: skip
-                return self._insert_queued(
+                new_id = self._insert_queued(
                     conn,
                     original.address,
                     original.token,
@@ -897,6 +940,15 @@ class Ledger:
                     actor,
                     now,
                 )
+                # A sweep of the pair that failed (and held) while we worked: its hold stands, and
+                # this retry is rolled back (Postgres: the insert above waited for that commit).
+                late = self._active_hold(conn, original.address, original.token)
+                if late is not None:
+                    raise LedgerError(
+                        f"sweep {late.sweep_id} of {original.address} failed meanwhile and holds it; "
+                        "nothing changed"
+                    )
+                return new_id
         except IntegrityError as exc:
             with self.engine.connect() as conn:
                 retried = conn.execute(select(sweeps.c.id).where(sweeps.c.retry_of == sweep_id)).scalar()
@@ -1082,6 +1134,18 @@ class Ledger:
                 .limit(limit)
             ).all()
         return [(int(r.id), str(r.address)) for r in rows]
+
+    def address_busy(self, address: str, *, other_than: int) -> int | None:
+        """Another sweep of `address` past `queued` (it has, or is getting, energy there): its id."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(sweeps.c.id).where(
+                    sweeps.c.address == address,
+                    sweeps.c.id != other_than,
+                    sweeps.c.state.in_([s.value for s in BUSY_STATES]),
+                )
+            ).scalar()
+        return int(found) if found is not None else None
 
     def with_open_sweep(self, token: str, candidates: Iterable[str]) -> set[str]:
         """Which of these addresses already have an open sweep of `token` (no need to read them)."""

@@ -171,3 +171,38 @@ def test_sixteen_concurrent_reservations_against_a_budget_for_three(known: Ledge
     assert sum(results.values()) == 3
     assert known.spent_on(utc_day(known.now())) == 15_000_000
     assert sum(1 for s in known.list_sweeps() if s.order_sent_at is not None) == 3
+
+
+def test_one_sweep_per_address_at_a_time_past_queued(known: Ledger) -> None:
+    """Two tokens' sweeps of one address must not share (and misjudge) the energy delegated to it."""
+    usdt = known.queue_sweep(A1, "USDT", USDT, 20_000_000)
+    other = known.queue_sweep(A1, "USDX", "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf", 20_000_000)
+    assert usdt is not None and other is not None
+    [first] = known.claim("w", [S.QUEUED], limit=10, lease_seconds=60)  # one per address per batch
+    assert first.id == usdt
+    assert known.claim("w2", [S.QUEUED], limit=10, lease_seconds=60) == []  # the address is busy
+    assert known.address_busy(A1, other_than=other) == usdt
+    known.transition(usdt, S.ORDERING, S.CANCELLED, reason="done", holder="w")
+    [second] = known.claim("w2", [S.QUEUED], limit=10, lease_seconds=60)
+    assert second.id == other
+
+
+def test_retry_of_an_older_row_does_not_lift_a_newer_rows_hold(known: Ledger) -> None:
+    old = fail(known, hold=True)
+    known.release_holds(A1, "USDT")
+    newer = fail(known, hold=True)  # failed again, paid: a new hold the operator has not seen
+    with pytest.raises(LedgerError, match=f"held by sweep {newer}"):
+        known.retry(old)
+    hold = known.active_hold(A1, "USDT")
+    assert hold is not None and hold.sweep_id == newer
+    assert known.retry(newer) > newer and known.active_hold(A1, "USDT") is None
+
+
+def test_no_reservation_while_ordering_is_paused(known: Ledger) -> None:
+    sweep_id = known.queue_sweep(A1, "USDT", USDT, 20_000_000)
+    assert sweep_id is not None
+    known.claim("w", [S.QUEUED], limit=1, lease_seconds=60)
+    known.set_pause(ORDERING_PAUSE, "an order cost 12 TRX")
+    refused = known.reserve_order(sweep_id, "w", price_sun=1, cap_sun=10)
+    assert refused is not None and not refused.reserved and refused.paused == "an order cost 12 TRX"
+    assert known.get_sweep(sweep_id).order_sent_at is None

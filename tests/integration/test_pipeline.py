@@ -436,7 +436,7 @@ def test_an_order_never_delegated_fails_after_order_timeout(env: Env) -> None:
     ordered = next(e for e in history if e.to_state == "energy_ordered")
     failed = history[-1]
     assert failed.to_state == "failed"
-    assert failed.reason == f"energy order {row.serial} not completed within 1 s"
+    assert failed.reason == f"energy order {row.serial} not completed within 1 s (status 30)"
     assert (failed.at - ordered.at).total_seconds() > 1  # not before the timeout
     order = env.provider.order(str(row.serial))
     assert order is not None and order.status == 30  # still pending at the provider
@@ -471,7 +471,8 @@ def test_energy_gone_in_energy_ready_fails_after_energy_ready_timeout(env: Env) 
 
 
 def test_a_price_above_the_per_sweep_cap_requeues_without_ordering(env: Env) -> None:
-    a = env.fund(0, 20_000_000)  # the destination holds no USDT: the sandbox quotes 8 TRX
+    # Activated (no activation reserve on top); the destination holds no USDT: the sandbox quotes 8 TRX.
+    a = env.fund(0, 20_000_000, activated=True)
     sweep_id = env.queue(a)
 
     async def go() -> None:

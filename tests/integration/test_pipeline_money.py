@@ -321,3 +321,25 @@ def test_rebuilds_are_bounded_by_max_attempts_then_the_row_fails_held(
     assert "gave up after 2 rebuilds / rejected broadcasts" in env.ledger.events(sweep_id)[-1].reason
     assert [e.to_state for e in env.ledger.events(sweep_id)].count("signed") == 2
     assert env.ledger.active_hold(a, "USDT") is not None and env.provider.post_count == 1
+
+
+def test_past_the_order_timeout_a_final_refund_still_decides(env: Env) -> None:
+    """After an outage longer than order_timeout the order is asked first: refunded in full, the
+    row fails unpaid (cooldown, refund credited), not held as if the money were lost."""
+    env.provider.delegation_delay = None  # the order stays pending until the test ends it
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+
+    async def go() -> None:
+        async with env.pipeline(order_timeout_seconds=1) as pipeline:
+            await drive_until(pipeline, _state_is(env, sweep_id, S.ENERGY_ORDERED), 15, "ordered")
+            await asyncio.sleep(1.2)  # the daemon was down past the timeout …
+            row = env.ledger.get_sweep(sweep_id)
+            env.provider.complete(str(row.serial), status=41)  # … and the order ended refunded
+            await wait_final(pipeline, env.ledger, 15)
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.FAILED and "status 41" in env.ledger.events(sweep_id)[-1].reason
+    assert row.charge_sun == 0 and env.ledger.active_hold(a, "USDT") is None
+    assert env.ledger.cooldown(a, "USDT") is not None
