@@ -50,7 +50,8 @@ def upgrade() -> None:
         day = "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
     else:  # SQLite keeps naive UTC text: 'YYYY-MM-DD HH:MM:SS…'
         day = "substr(created_at, 1, 10)"
-    op.execute(f"UPDATE sweeps SET charge_sun = cost_sun, charge_day = {day} WHERE cost_sun IS NOT NULL")
+    # `day` is one of the two constant expressions above, never input.
+    op.execute(f"UPDATE sweeps SET charge_sun = cost_sun, charge_day = {day} WHERE cost_sun IS NOT NULL")  # noqa: S608
     # Rows already claimed once: count from their creation (the best we know).
     op.execute("UPDATE sweeps SET first_claimed_at = created_at WHERE state <> 'queued'")
 
