@@ -931,7 +931,7 @@ class Pipeline:
             ):
                 self._last_no_quote_alert = now
                 log.error(
-                    "ALERT: no energy price quote for over an hour; nothing is being ordered",
+                    "ALERT: no energy price quote for no_quote_alert_seconds; nothing is being ordered",
                     since_seconds=round(now - self._no_quote_since),
                     error=str(exc),
                 )

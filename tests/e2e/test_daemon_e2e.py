@@ -127,6 +127,22 @@ def test_daemon_sweeps_everything_and_serves_health_and_metrics(tmp_path: Path, 
                 "the sandbox's callbacks reached the listener"
             )
 
+            # An over-cost order paused ordering (as the pipeline records it): /healthz says so
+            # (the daemon reads the pause from the ledger), and `sweeper ordering resume` lifts it.
+            ledger.set_pause("ordering", "order X cost 12 TRX")
+            paused = wait_until(
+                lambda: (r := _get(port, "/healthz")) is not None and r.status_code == 503 and r,
+                timeout=30,
+                what="/healthz 503 while ordering is paused",
+            )
+            assert "paused" in paused.json()["checks"]["ordering"]
+            assert run_sweeper(config, box, "ordering", "resume").returncode == 0
+            wait_until(
+                lambda: (r := _get(port, "/healthz")) is not None and r.status_code == 200,
+                timeout=30,
+                what="/healthz 200 after `sweeper ordering resume`",
+            )
+
             code, took = _stop(daemon)
             assert code == 0, _log(log)[-3000:]
             assert took < STOP_LIMIT_SECONDS

@@ -161,8 +161,8 @@ def test_no_quote_no_order(env: Env) -> None:
     env.provider.set_switches(price_unavailable=True)
 
     async def go() -> None:
-        async with env.pipeline(no_quote_retry_seconds=0.05) as pipeline:
-            for _ in range(5):
+        async with env.pipeline(no_quote_retry_seconds=0.05, no_quote_alert_seconds=0.2) as pipeline:
+            for _ in range(8):
                 await pipeline.run_once()
                 await asyncio.sleep(0.06)
             row = env.ledger.get_sweep(sweep_id)
@@ -171,7 +171,9 @@ def test_no_quote_no_order(env: Env) -> None:
             env.provider.set_switches(price_unavailable=False)
             await wait_final(pipeline, env.ledger, 20)
 
-    asyncio.run(go())
+    with capture_logs() as logs:
+        asyncio.run(go())
+    assert len(alerts(logs, "no energy price quote")) == 1  # once per alert period, not per pass
     assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED and env.provider.post_count == 1
 
 
