@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import tronpy.async_tron
 from structlog.testing import capture_logs
 
+from sweeper import pipeline as pipeline_module
 from sweeper.chain import DEFAULT_LIFETIME_MS
 from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, token_pause_name, utc_day
 from sweeper.pipeline import Pipeline
+from sweeper.provider import RetryPolicy
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER
 from tests.integration import test_pipeline as base
 from tests.integration.test_pipeline import DESTINATION, USDT, Env, _state_is, drive_until, wait_final
@@ -155,25 +158,32 @@ def test_a_partly_refunded_order_holds(env: Env) -> None:
     assert env.ledger.active_hold(a, "USDT") is not None
 
 
-def test_no_quote_no_order(env: Env) -> None:
+def test_no_quote_no_order(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     a = env.fund(0, 20_000_000)
     sweep_id = env.queue(a)
     env.provider.set_switches(price_unavailable=True)
+    # The pipeline's monotonic clock, moved by the test: the ALERT's timing is exact, not raced.
+    now = [1000.0]
+    monkeypatch.setattr(pipeline_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
 
     async def go() -> None:
-        async with env.pipeline(no_quote_retry_seconds=0.05, no_quote_alert_seconds=0.2) as pipeline:
-            for _ in range(8):
-                await pipeline.run_once()
-                await asyncio.sleep(0.06)
-            row = env.ledger.get_sweep(sweep_id)
-            assert row.state is S.QUEUED and "no energy price quote" in (row.last_error or "")
+        async with env.pipeline(no_quote_retry_seconds=0.01, no_quote_alert_seconds=10) as pipeline:
+            pipeline.provider.retry = RetryPolicy(attempts=1)  # one request per quote: a fast test
+            for at in (0, 1, 2, 10, 11, 12, 20):  # seconds without a quote
+                now[0] = 1000.0 + at
+                await asyncio.sleep(0.02)  # past the row's next attempt
+                assert await pipeline.run_once() == 1
+                row = env.ledger.get_sweep(sweep_id)
+                assert row.state is S.QUEUED and "no energy price quote" in (row.last_error or "")
             assert env.provider.post_count == 0
             env.provider.set_switches(price_unavailable=False)
+            now[0] += 100  # past the price cache
             await wait_final(pipeline, env.ledger, 20)
 
     with capture_logs() as logs:
         asyncio.run(go())
-    assert len(alerts(logs, "no energy price quote")) == 1  # once per alert period, not per pass
+    # ALERT once the quotes have been missing for the alert period, then once per period.
+    assert len(alerts(logs, "no energy price quote")) == 2
     assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED and env.provider.post_count == 1
 
 
