@@ -44,6 +44,8 @@ def upgrade() -> None:
     op.add_column("sweeps", sa.Column("first_claimed_at", Time, nullable=True))
     op.add_column("sweeps", sa.Column("reverting_since", Time, nullable=True))
     op.create_index("ix_sweeps_charge_day", "sweeps", ["charge_day"])
+    # The claim asks "does another sweep of this address have energy coming?" per candidate row.
+    op.create_index("ix_sweeps_address_state", "sweeps", ["address", "state"])
     # Rows ordered before this migration count on the day their row was made (their order's
     # amount is what they cost), so today's cap still sees what was already paid today.
     if op.get_bind().dialect.name == "postgresql":
@@ -118,6 +120,7 @@ def downgrade() -> None:
     op.drop_table("address_cooldowns")
     op.drop_index("uq_address_holds_active", table_name="address_holds")
     op.drop_table("address_holds")
+    op.drop_index("ix_sweeps_address_state", table_name="sweeps")
     op.drop_index("ix_sweeps_charge_day", table_name="sweeps")
     with op.batch_alter_table("sweeps") as batch:
         for column in (

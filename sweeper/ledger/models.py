@@ -151,6 +151,8 @@ class Sweep(Base):
             postgresql_where=text(open_states_sql()),
         ),
         Index("ix_sweeps_state_next_attempt_at", "state", "next_attempt_at"),
+        # The claim's "another sweep of this address past queued?" check (0004).
+        Index("ix_sweeps_address_state", "address", "state"),
     )
 
 
