@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from sweeper.domain import SweepState
-from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, utc_day
+from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, make_engine, utc_day
 from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
 from tests.conftest import FakeClock
 
@@ -206,3 +206,18 @@ def test_no_reservation_while_ordering_is_paused(known: Ledger) -> None:
     refused = known.reserve_order(sweep_id, "w", price_sun=1, cap_sun=10)
     assert refused is not None and not refused.reserved and refused.paused == "an order cost 12 TRX"
     assert known.get_sweep(sweep_id).order_sent_at is None
+
+
+def test_sqlite_ledger_syncs_every_commit(sqlite_url: str) -> None:
+    """WAL with synchronous=NORMAL may lose the last commits on a power cut; a lost `signed` row
+    whose transaction was then broadcast would be rebuilt and sent again. FULL syncs each commit."""
+    engine = make_engine(sqlite_url)
+    try:
+        for _ in range(2):  # every pooled connection, not only the first
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        make_engine(sqlite_url, sqlite_synchronous="OFF")
