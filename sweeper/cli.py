@@ -108,6 +108,7 @@ def sweep_json(sweep: SweepRecord, settings: Settings) -> dict[str, Any]:
         "state": sweep.state.value,
         "destination": sweep.destination,
         "serial": sweep.serial,
+        "out_trade_no": sweep.out_trade_no,
         "scene": sweep.scene,
         "cost_sun": sweep.cost_sun,
         "cost_trx": format_units(sweep.cost_sun, 6),

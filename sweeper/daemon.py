@@ -391,8 +391,8 @@ class Daemon:
         if self.dry_run:  # a dry run changes no sweep, not even its due time
             log.info("dry run: provider callback received", serial=callback.serial)
             return None
-        if callback.out_trade_no and callback.out_trade_no.isdigit():
-            sweep_id = await asyncio.to_thread(self.ledger.hint, sweep_id=int(callback.out_trade_no))
+        if callback.out_trade_no:
+            sweep_id = await asyncio.to_thread(self.ledger.hint, out_trade_no=callback.out_trade_no)
         if sweep_id is None and callback.serial:
             sweep_id = await asyncio.to_thread(self.ledger.hint, serial=callback.serial)
         log.info(

@@ -4,7 +4,8 @@ queued -> ordering (claimed) -> energy_ordered -> energy_ready -> signed -> broa
 
 The rules that make it exactly once, and that keep a failure that cost money from repeating
 (docs/design.md, "Exactly once" and "Money safety"):
-- One energy order per row: `out_trade_no` is the row id; before any POST, and after any answer
+- One energy order per row: `out_trade_no` is "<row id>-<nonce>" (the bare id for rows made before
+  migration 0005), so no other ledger's order ever matches it; before any POST, and after any answer
   whose outcome is unknown, the order is looked up by out_trade_no and adopted if it is ours.
   A POST whose outcome is unknown is never repeated blindly: the row waits a grace period and the
   next attempt starts with that lookup again.
@@ -447,7 +448,7 @@ class Pipeline:
     # --- ordering: one energy order per row ----------------------------------------------
 
     async def _ordering(self, row: SweepRecord) -> Step:
-        out_trade_no = str(row.id)
+        out_trade_no = row.out_trade_no
         # 1. An order may already exist (a crash after the POST, or an answer that was lost).
         try:
             existing = await self.provider.query_order(out_trade_no=out_trade_no)
@@ -824,6 +825,8 @@ class Pipeline:
         # Without a creation time we cannot tell our order from an old ledger's: not adoptable.
         foreign = (
             order.receive_address != row.address
+            # The exact string, when the provider echoes it (a lookup by our out_trade_no).
+            or (order.out_trade_no is not None and order.out_trade_no != row.out_trade_no)
             or order.create_time is None
             or order.create_time < row.created_at - skew
         )
@@ -837,7 +840,7 @@ class Pipeline:
             )
             return await self._fail(
                 row,
-                f"order {order.serial} found for out_trade_no {row.id} belongs to {order.receive_address} "
+                f"order {order.serial} found for out_trade_no {row.out_trade_no} belongs to {order.receive_address} "
                 f"created {order.create_time}: not this sweep's; not adopted",
                 paid=False,
                 changes={"charge_sun": None},
@@ -856,7 +859,7 @@ class Pipeline:
         return await self._move(
             row,
             S.ENERGY_ORDERED,
-            f"adopted existing order {order.serial} for out_trade_no {row.id}",
+            f"adopted existing order {order.serial} for out_trade_no {row.out_trade_no}",
             changes=changes,
         )
 
@@ -958,7 +961,7 @@ class Pipeline:
         # The order is asked first, even past the timeout (after a long outage, say): a final
         # answer (delegated, or refunded) decides, not the clock.
         try:
-            order = await self.provider.query_order(serial=row.serial, out_trade_no=str(row.id))
+            order = await self.provider.query_order(serial=row.serial, out_trade_no=row.out_trade_no)
         except ProviderError as exc:
             return await self._retry_later(row, f"order query failed: {exc}")
         timed_out = self._seconds_in_state(row) > self.options.order_timeout_seconds

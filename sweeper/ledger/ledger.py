@@ -8,7 +8,9 @@ means its worker died, and the row is picked up again (a row is claimable at `no
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -108,6 +110,7 @@ class SweepRecord:
     attempts: int
     next_attempt_at: datetime | None
     order_sent_at: datetime | None
+    order_nonce: str | None
     energy_needed: int | None
     charge_sun: int | None
     charge_day: str | None
@@ -131,6 +134,16 @@ class SweepRecord:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def out_trade_no(self) -> str:
+        """The provider's key for this row's one energy order (compared as this exact string)."""
+        return f"{self.id}-{self.order_nonce}" if self.order_nonce else str(self.id)
+
+
+def new_order_nonce() -> str:
+    """8 random base32 characters (40 bits): "<row id>-<nonce>" stays within 32 characters."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -308,6 +321,7 @@ class Ledger:
                 observed_amount=observed_amount,
                 amount=observed_amount,
                 attempts=0,
+                order_nonce=new_order_nonce(),
                 retry_of=retry_of,
                 created_at=now,
                 updated_at=now,
@@ -832,14 +846,30 @@ class Ledger:
             )
             return int(result.rowcount)
 
-    def hint(self, *, sweep_id: int | None = None, serial: str | None = None) -> int | None:
+    def hint(
+        self, *, sweep_id: int | None = None, serial: str | None = None, out_trade_no: str | None = None
+    ) -> int | None:
         """Make an open sweep due now (a verified provider callback); returns its id if one matched.
 
-        Only a hint: the worker re-queries the provider and acts on that answer, never on this.
+        `out_trade_no` must be exactly the row's ("<id>-<nonce>", or the bare id of a row made before
+        the nonce): another ledger's order never hints our row. Only a hint: the worker re-queries
+        the provider and acts on that answer, never on this.
         """
-        if sweep_id is None and serial is None:
+        match: Any
+        if out_trade_no is not None:
+            id_text, _, nonce = out_trade_no.partition("-")
+            if not id_text.isdigit() or len(out_trade_no) > 64:
+                return None
+            match = and_(
+                sweeps.c.id == int(id_text),
+                sweeps.c.order_nonce == nonce if nonce else sweeps.c.order_nonce.is_(None),
+            )
+        elif serial is not None:
+            match = sweeps.c.serial == serial
+        elif sweep_id is not None:
+            match = sweeps.c.id == sweep_id
+        else:
             return None
-        match = sweeps.c.serial == serial if serial is not None else sweeps.c.id == sweep_id
         with self.engine.begin() as conn:
             row = conn.execute(
                 update(sweeps)

@@ -113,6 +113,9 @@ class Sweep(Base):
     expiration: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # out_trade_no = "<id>-<order_nonce>" (0005): 8 random base32 characters, so another ledger's
+    # (or a re-created ledger's) orders never match this row. NULL for rows made before 0005.
+    order_nonce: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # When an energy order POST was last sent for this row; written before the POST (see 0003).
     order_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Money safety (0004): the measured energy need, the row's charge against the UTC day's cap

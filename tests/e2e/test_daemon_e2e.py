@@ -154,7 +154,7 @@ def test_daemon_sweeps_everything_and_serves_health_and_metrics(tmp_path: Path, 
         counts = box.control.order_counts()
         for row in rows:
             assert row.amount == above[row.address]
-            assert counts.get(str(row.id)) == 1
+            assert counts.get(row.out_trade_no) == 1
             assert [t.txid for t in box.control.transactions(owner=row.address)] == [row.txid]
         for address, amount in amounts.items():
             if address not in above:
@@ -200,7 +200,7 @@ def test_sigterm_with_a_broadcast_in_flight_exits_0_and_loses_nothing(tmp_path: 
                 daemon.kill()
                 daemon.wait(10)
         final = ledger.get_sweep(row.id)
-        assert box.control.order_counts() == {str(row.id): 1}
+        assert box.control.order_counts() == {row.out_trade_no: 1}
         txs = box.control.transactions(owner=address)
         assert [t.txid for t in txs] == [final.txid] and txs[0].result == "SUCCESS"
         assert box.control.usdt_balance(DESTINATION) == 77_000_000
@@ -358,7 +358,9 @@ def test_failed_order_then_operator_retry_and_a_forged_callback(tmp_path: Path, 
             )
             assert "43" in (ledger.events(first.id)[-1].reason or "")
 
-            forged_body = json.dumps({"serial": first.serial, "out_trade_no": str(first.id), "status": 40})
+            forged_body = json.dumps(
+                {"serial": first.serial, "out_trade_no": first.out_trade_no, "status": 40}
+            )
             forged = httpx.post(
                 f"http://127.0.0.1:{port}/callback",
                 content=forged_body,
@@ -384,7 +386,10 @@ def test_failed_order_then_operator_retry_and_a_forged_callback(tmp_path: Path, 
         again = ledger.get_sweep(retry_id)
         assert again.retry_of == first.id and again.amount == 33_000_000
         assert ledger.get_sweep(first.id).state is S.FAILED
-        assert box.control.order_counts() == {str(first.id): 1, str(retry_id): 1}
+        assert box.control.order_counts() == {
+            first.out_trade_no: 1,
+            ledger.get_sweep(retry_id).out_trade_no: 1,
+        }
         assert [t.txid for t in box.control.transactions(owner=address)] == [again.txid]
         assert box.control.usdt_balance(DESTINATION) == 33_000_000
         ledger.engine.dispose()

@@ -66,7 +66,7 @@ def test_fifty_addresses_each_swept_exactly_once(tmp_path: Path, db_url: str) ->
             assert row.state is S.CONFIRMED, (row.id, row.state, row.last_error)
             assert row.amount == above[row.address] and row.destination == DESTINATION
             assert row.serial and row.cost_sun and row.txid
-            assert counts.get(str(row.id)) == 1, f"sweep {row.id}: {counts.get(str(row.id))} orders"
+            assert counts.get(row.out_trade_no) == 1, f"sweep {row.id}: {counts.get(row.out_trade_no)} orders"
             txs = control.transactions(owner=row.address)
             assert [t.txid for t in txs] == [row.txid]
             assert txs[0].result == "SUCCESS" and txs[0].energy_fee_sun == 0 and txs[0].net_fee_sun == 0
@@ -165,7 +165,7 @@ def test_kill_9_in_each_state_then_restart_moves_money_once(tmp_path: Path, db_u
         row = ledger.get_sweep(sweep_id)
         assert row.state is S.CONFIRMED, (row.state, row.last_error)
         assert row.amount == 42_000_000
-        assert box.control.order_counts() == {str(sweep_id): 1}
+        assert box.control.order_counts() == {ledger.get_sweep(sweep_id).out_trade_no: 1}
         txs = box.control.transactions(owner=address)
         assert len(txs) == 1 and txs[0].txid == row.txid and txs[0].result == "SUCCESS"
         assert box.control.usdt_balance(DESTINATION) == 42_000_000

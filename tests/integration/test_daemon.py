@@ -158,7 +158,7 @@ def test_a_dry_run_callback_changes_no_sweep(setup: tuple[Path, Settings, Ledger
     before = ledger.get_sweep(sweep_id)
     daemon = daemon_for(settings, ledger, path, dry_run=True)
     callback = ProviderCallback(
-        serial="S1", out_trade_no=str(sweep_id), status=None, type=None, source=None, receive_address=None,
+        serial="S1", out_trade_no=before.out_trade_no, status=None, type=None, source=None, receive_address=None,
         energy_amount=None, delegated_energy=None, txid=None, active_hash=None, bandwidth_hash=None,
         timestamp=0, signed_form=SignedForm.COMPACT_SORTED, raw_body=b"",
     )  # fmt: skip

@@ -3,10 +3,12 @@ holds after paid failures, cooldowns after unpaid ones, persistent pauses, and t
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import Engine, text
 
 from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, make_engine, utc_day
@@ -221,3 +223,23 @@ def test_sqlite_ledger_syncs_every_commit(sqlite_url: str) -> None:
         engine.dispose()
     with pytest.raises(ValueError, match="sqlite_synchronous"):
         make_engine(sqlite_url, sqlite_synchronous="OFF")
+
+
+def test_each_row_has_its_own_out_trade_no_and_hints_match_it_exactly(known: Ledger, engine: Engine) -> None:
+    first = known.queue_sweep(A1, "USDT", USDT, 20_000_000)
+    second = known.queue_sweep(A2, "USDT", USDT, 20_000_000)
+    assert first is not None and second is not None
+    row, other = known.get_sweep(first), known.get_sweep(second)
+    assert row.order_nonce and other.order_nonce and row.order_nonce != other.order_nonce
+    assert row.out_trade_no == f"{first}-{row.order_nonce}" and len(row.out_trade_no) <= 32
+    assert re.fullmatch(r"[A-Z2-7]{8}", row.order_nonce)  # base32
+    assert known.hint(out_trade_no=str(first)) is None  # the bare id: another ledger's order
+    assert known.hint(out_trade_no=f"{first}-AAAAAAAA") is None  # another nonce
+    assert known.hint(out_trade_no=f"{second}-{row.order_nonce}") is None
+    assert known.hint(out_trade_no="x-y") is None
+    assert known.hint(out_trade_no=row.out_trade_no) == first
+    # A row made before migration 0005 keeps its bare id.
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sweeps SET order_nonce = NULL WHERE id = :id"), {"id": second})
+    legacy = known.get_sweep(second)
+    assert legacy.out_trade_no == str(second) and known.hint(out_trade_no=str(second)) == second

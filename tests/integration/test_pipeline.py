@@ -131,7 +131,7 @@ def test_full_sweep_moves_exact_amount_once_with_rented_energy(env: Env) -> None
         assert (row.amount, row.destination) == (amount, DESTINATION)
         assert row.serial and row.cost_sun and row.cost_sun > 0 and row.txid
         assert env.world.token_balance(USDT, address) == 0
-        assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+        assert len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
         assert env.world.account(address).trx_sun == 0  # no TRX was needed nor burnt
         states = [e.to_state for e in env.ledger.events(sweep_id)]
         assert states == [
@@ -172,7 +172,9 @@ def test_existing_order_for_the_row_is_adopted_not_reordered(env: Env) -> None:
 
     async def order_first() -> None:
         async with ProviderClient(env.provider.url, Secret(SANDBOX_API_KEY), Secret(SANDBOX_API_SECRET)) as c:
-            await c.collect_manual(a, to_address=DESTINATION, out_trade_no=str(sweep_id))
+            await c.collect_manual(
+                a, to_address=DESTINATION, out_trade_no=env.ledger.get_sweep(sweep_id).out_trade_no
+            )
 
     asyncio.run(order_first())  # as if we crashed after the POST, before storing the serial
     asyncio.run(env.run())
@@ -189,7 +191,7 @@ def test_foreign_order_with_same_out_trade_no_is_not_adopted(env: Env) -> None:
 
     async def foreign() -> None:
         async with ProviderClient(env.provider.url, Secret(SANDBOX_API_KEY), Secret(SANDBOX_API_SECRET)) as c:
-            await c.collect_manual(other, out_trade_no=str(sweep_id))
+            await c.collect_manual(other, out_trade_no=env.ledger.get_sweep(sweep_id).out_trade_no)
 
     asyncio.run(foreign())  # e.g. an old ledger's row with the same id
     asyncio.run(env.run())
@@ -219,7 +221,7 @@ def test_5xx_after_order_created_does_not_order_twice(env: Env) -> None:
     env.provider.set_switches(error_after_create=1)
     asyncio.run(env.run())
     assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED
-    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+    assert len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
 
 
 def test_a_post_that_lands_late_after_a_lost_answer_is_adopted_not_ordered_again(env: Env) -> None:
@@ -263,7 +265,7 @@ def test_a_post_that_lands_late_after_a_lost_answer_is_adopted_not_ordered_again
     asyncio.run(go())
     row = env.ledger.get_sweep(sweep_id)
     assert row.state is S.CONFIRMED, (row.state, row.last_error)
-    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+    assert len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
     assert any("adopted existing order" in e.reason for e in env.ledger.events(sweep_id))
 
 
@@ -390,7 +392,10 @@ def test_a_transfer_that_expired_unincluded_is_rebuilt_with_a_new_txid_and_confi
     assert env.world.token_balance(USDT, a) == 0
     assert env.world.token_balance(USDT, DESTINATION) == 20_000_000
     assert env.world.account(a).trx_sun == 0  # the same rented energy served the rebuilt transfer
-    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1 and env.provider.post_count == 1
+    assert (
+        len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
+        and env.provider.post_count == 1
+    )
 
 
 def test_a_transfer_that_fails_on_chain_fails_the_row_with_the_reason_and_is_not_resent(env: Env) -> None:
@@ -422,7 +427,10 @@ def test_a_transfer_that_fails_on_chain_fails_the_row_with_the_reason_and_is_not
     assert (tx.txid, tx.receipt.result) == (row.txid, "OUT_OF_ENERGY")
     assert [e.to_state for e in env.ledger.events(sweep_id)].count("signed") == 1
     assert env.world.token_balance(USDT, a) == 20_000_000 and env.world.token_balance(USDT, DESTINATION) == 0
-    assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1 and env.provider.post_count == 1
+    assert (
+        len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
+        and env.provider.post_count == 1
+    )
 
 
 def test_an_order_never_delegated_fails_after_order_timeout(env: Env) -> None:
@@ -510,7 +518,7 @@ def test_ordering_resumes_after_the_low_balance_pause_once_the_balance_is_back(e
     row = env.ledger.get_sweep(sweep_id)
     assert row.state is S.CONFIRMED, (row.state, row.last_error)
     assert pipeline.ordering_paused_until is None  # the pause ended
-    [order] = env.provider.orders_by_out_trade_no(str(sweep_id))
+    [order] = env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)
     assert row.serial == order.serial and env.provider.post_count == 2
     assert env.world.token_balance(USDT, DESTINATION) == 20_000_000
 

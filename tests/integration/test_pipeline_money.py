@@ -12,12 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 import tronpy.async_tron
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from sweeper import pipeline as pipeline_module
 from sweeper.chain import DEFAULT_LIFETIME_MS
 from sweeper.domain import SweepState
-from sweeper.ledger import ORDERING_PAUSE, token_pause_name, utc_day
+from sweeper.ledger import ORDERING_PAUSE, token_pause_name, upgrade, utc_day
+from sweeper.ledger.models import Base
 from sweeper.pipeline import Pipeline
 from sweeper.provider import RetryPolicy
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER
@@ -85,7 +87,7 @@ def test_a_revert_on_every_address_pauses_the_token_once_then_resumes(env: Env) 
     for sweep_id, address in zip(ids, addresses, strict=True):
         assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED
         assert env.world.token_balance(USDT, address) == 0
-        assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+        assert len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
 
 
 def test_out_of_energy_after_a_paid_order_costs_one_order_then_holds(env: Env) -> None:
@@ -130,7 +132,7 @@ def test_release_and_retry_lift_the_hold_and_sweep_once(env: Env) -> None:
     for sweep_id, address in ((second_a, a), (retried_b, b)):
         assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED
         assert env.world.token_balance(USDT, address) == 0
-        assert len(env.provider.orders_by_out_trade_no(str(sweep_id))) == 1
+        assert len(env.provider.orders_by_out_trade_no(env.ledger.get_sweep(sweep_id).out_trade_no)) == 1
     assert env.ledger.get_sweep(first_a).state is S.FAILED
     assert env.provider.post_count == 2 and env.ledger.holds() == []
 
@@ -355,3 +357,34 @@ def test_past_the_order_timeout_a_final_refund_still_decides(env: Env) -> None:
     assert row.state is S.FAILED and "status 41" in env.ledger.events(sweep_id)[-1].reason
     assert row.charge_sun == 0 and env.ledger.active_hold(a, "USDT") is None
     assert env.ledger.cooldown(a, "USDT") is not None
+
+
+def test_a_re_created_ledger_never_adopts_the_old_ledgers_orders(env: Env) -> None:
+    """Issue 12: the ledger is deleted and re-created (ids start at 1 again) against a provider that
+    still holds the old orders: every address is swept again, each with a new order of its own."""
+    a, b = env.fund(0, 20_000_000), env.fund(1, 30_000_000)
+    first = [env.queue(a), env.queue(b)]
+    asyncio.run(env.run())
+    old_keys = {env.ledger.get_sweep(i).out_trade_no for i in first}
+    assert env.provider.post_count == 2
+    # Re-created from scratch: same database, new empty tables, ids from 1 again.
+    with env.ledger.engine.begin() as conn:
+        Base.metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE alembic_version"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP FUNCTION sweep_events_append_only()"))
+    upgrade(env.ledger.engine)
+    a, b = env.fund(0, 25_000_000), env.fund(1, 35_000_000)  # new deposits on the same addresses
+    for address in (a, b):  # the provider took back what was left of the old delegations
+        env.world.reclaim_energy(address)
+    again = [env.queue(a), env.queue(b)]
+    assert again == first  # the same row ids as the old ledger's
+    asyncio.run(env.run())
+    for sweep_id, address in zip(again, (a, b), strict=True):
+        row = env.ledger.get_sweep(sweep_id)
+        assert row.state is S.CONFIRMED, (row.state, row.last_error)
+        assert row.out_trade_no not in old_keys and len(row.out_trade_no) <= 32
+        assert not any("adopted" in e.reason for e in env.ledger.events(sweep_id))
+        assert len(env.provider.orders_by_out_trade_no(row.out_trade_no)) == 1
+        assert env.world.token_balance(USDT, address) == 0
+    assert env.provider.post_count == 4
