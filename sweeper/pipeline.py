@@ -1118,13 +1118,10 @@ class Pipeline:
     async def _signed(self, row: SweepRecord) -> Step:
         assert row.signed_tx is not None and row.expiration is not None and row.txid is not None
         signed = SignedTransfer.from_json(row.signed_tx)
-        if signed.destination != self.options.destination:
-            # The config changed since signing: the stored bytes pay the old destination.
-            log.error(
-                "ALERT: stored transfer pays another destination than wallet.destination", sweep_id=row.id
-            )
         if self.now() >= row.expiration:
             return await self._rebuild_if_unknown(row, signed)
+        if signed.destination != self.options.destination:
+            return await self._old_destination(row, signed)
         if row.send_attempts > self.options.max_attempts:
             # Out of broadcast attempts: no more sends; once the transaction has expired unknown to
             # the chain, the row fails (and holds).
@@ -1169,6 +1166,40 @@ class Pipeline:
         except ChainError as exc:
             return await self._retry_later(row, f"broadcast failed: {exc}")
         return await self._move(row, S.BROADCAST, f"broadcast {signed.txid}: {result.outcome.value}")
+
+    async def _old_destination(self, row: SweepRecord, signed: SignedTransfer) -> Step:
+        """wallet.destination changed since this transfer was signed: its bytes pay the old one.
+
+        Never broadcast: it is left to expire, then rebuilt to the new destination (energy_ready
+        simulates again first, and holds if the energy ordered for the old one no longer fits).
+        Unless the node already has it (we sent it before a crash): then it is on its way.
+        """
+        try:
+            known = await self.chain.transaction_known(signed.txid)
+        except ChainError as exc:
+            return await self._retry_later(row, f"lookup of {signed.txid} failed: {exc}")
+        if known:
+            log.error(
+                "ALERT: a transfer to the previous wallet.destination was already broadcast; it is "
+                "confirmed as sent",
+                sweep_id=row.id,
+                txid=signed.txid,
+                paid_to=signed.destination,
+            )
+            return await self._move(
+                row,
+                S.BROADCAST,
+                f"transaction {signed.txid} to {signed.destination} already known to the node",
+            )
+        assert row.expiration is not None
+        wait = (row.expiration - self.now()).total_seconds() + self.options.poll_min_seconds
+        reason = (
+            f"signed to {signed.destination}, but wallet.destination is now {self.options.destination}: "
+            f"not broadcast; rebuilt once it expires at {row.expiration.isoformat()}"
+        )
+        log.warning("stored transfer pays the previous destination; not broadcast", sweep_id=row.id)
+        await self._release(row, max(self.options.poll_min_seconds, wait), reason)
+        return Step.WAIT
 
     async def _move_counted(self, row: SweepRecord, error: str) -> None:
         """A rejected broadcast: count it against pipeline.max_attempts and back off."""

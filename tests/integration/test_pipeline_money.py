@@ -6,8 +6,10 @@ it is bought, and the caps fail closed. Each test names the behaviour that the f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -388,3 +390,65 @@ def test_a_re_created_ledger_never_adopts_the_old_ledgers_orders(env: Env) -> No
         assert len(env.provider.orders_by_out_trade_no(row.out_trade_no)) == 1
         assert env.world.token_balance(USDT, address) == 0
     assert env.provider.post_count == 4
+
+
+NEW_DESTINATION = "TTsXdXbiYdVbcUh6LhWAh41wy4pv4abHbj"
+
+
+def _change_destination_between_signing_and_broadcast(
+    env: Env, monkeypatch: pytest.MonkeyPatch, sweep_id: int, address: str
+) -> None:
+    monkeypatch.setattr(tronpy.async_tron, "current_timestamp", env.world.now_ms)
+
+    async def go() -> None:
+        async with env.pipeline() as pipeline:
+            pipeline.stopping = True  # one step per pass, as on SIGTERM
+            await drive_until(pipeline, _state_is(env, sweep_id, S.SIGNED), 15, "signed")
+            signed_to = env.ledger.get_sweep(sweep_id)
+            assert signed_to.txid is not None
+            pipeline.options = dataclasses.replace(pipeline.options, destination=NEW_DESTINATION)  # SIGHUP
+            pipeline.stopping = False
+            for _ in range(5):
+                await pipeline.run_once()
+            assert env.transfers_from(address) == []  # the bytes paying the old destination: never sent
+            assert env.ledger.get_sweep(sweep_id).state is S.SIGNED
+            # Time passes (the chain's and ours alike) until the stored transfer has expired.
+            offset = timedelta(seconds=DEFAULT_LIFETIME_MS / 1000 + 10)
+            real_now = pipeline.now
+            pipeline.now = env.ledger.now = lambda: real_now() + offset
+            with env.world.lock:
+                env.world.advance_time(offset.total_seconds())
+                env.world.produce_blocks(3)
+            await wait_final(pipeline, env.ledger, 20)
+
+    asyncio.run(go())
+
+
+def test_a_destination_changed_between_signing_and_broadcast_is_rebuilt_to_the_new_one(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.world.credit_trx(NEW_DESTINATION, 1)
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    _change_destination_between_signing_and_broadcast(env, monkeypatch, sweep_id, a)
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert row.destination == NEW_DESTINATION
+    assert env.world.token_balance(USDT, NEW_DESTINATION) == 20_000_000
+    assert env.world.token_balance(USDT, DESTINATION) == 0
+    [tx] = env.transfers_from(a)  # exactly one transfer, to the new destination
+    assert tx.to == NEW_DESTINATION and tx.receipt.result == "SUCCESS"
+    assert env.provider.post_count == 1
+
+
+def test_a_changed_destination_whose_need_no_longer_fits_holds(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.world.credit_token(USDT, DESTINATION, 1_000_000)  # the old destination holds USDT: ~65k ordered
+    env.world.credit_trx(NEW_DESTINATION, 1)  # the new one holds none: ~130k needed
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    _change_destination_between_signing_and_broadcast(env, monkeypatch, sweep_id, a)
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.FAILED and "now needs" in env.ledger.events(sweep_id)[-1].reason
+    assert env.transfers_from(a) == [] and env.ledger.active_hold(a, "USDT") is not None
