@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -1289,7 +1292,6 @@ class Pipeline:
 
 
 def worker_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid:random`. The random part: two containers with the same hostname and PID (both PID 1,
+    say) must never share leases, nor release each other's on shutdown."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

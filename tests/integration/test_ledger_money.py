@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, make_engine, utc_day
 from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
+from sweeper.pipeline import worker_name
 from tests.conftest import FakeClock
 
 S = SweepState
@@ -243,3 +244,17 @@ def test_each_row_has_its_own_out_trade_no_and_hints_match_it_exactly(known: Led
         conn.execute(text("UPDATE sweeps SET order_nonce = NULL WHERE id = :id"), {"id": second})
     legacy = known.get_sweep(second)
     assert legacy.out_trade_no == str(second) and known.hint(out_trade_no=str(second)) == second
+
+
+def test_two_workers_with_the_same_hostname_and_pid_never_share_leases(known: Ledger) -> None:
+    """Two containers, both PID 1 on hosts named alike: their worker ids still differ, so one never
+    takes over, nor releases, the other's leases."""
+    first, second = worker_name(), worker_name()
+    assert first != second and first.rsplit(":", 1)[0] == second.rsplit(":", 1)[0]
+    sweep_id = known.queue_sweep(A1, "USDT", USDT, 20_000_000)
+    assert sweep_id is not None
+    [claimed] = known.claim(first, [S.QUEUED], limit=1, lease_seconds=60)
+    assert claimed.claimed_by == first
+    assert known.release_claims(second) == 0  # the other's shutdown leaves our lease alone
+    assert not known.renew_lease(sweep_id, second, 60)
+    assert known.get_sweep(sweep_id).claimed_by == first
