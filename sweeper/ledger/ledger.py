@@ -802,7 +802,7 @@ class Ledger:
     def pause(self, name: str) -> PauseRecord | None:
         with self.engine.connect() as conn:
             r = conn.execute(select(pauses).where(pauses.c.name == name)).first()
-        return PauseRecord(r.name, r.reason, r.since, r.next_check_at) if r is not None else None
+        return _pause_record(r) if r is not None else None
 
     def set_pause(self, name: str, reason: str, *, next_check_at: datetime | None = None) -> bool:
         """Pause `name` (kept across restarts); False if it was paused already (reason unchanged)."""
@@ -822,7 +822,7 @@ class Ledger:
         """Lift a pause; returns what it was (None: it was not paused)."""
         with self.engine.begin() as conn:
             r = conn.execute(delete(pauses).where(pauses.c.name == name).returning(*pauses.c)).first()
-        return PauseRecord(r.name, r.reason, r.since, r.next_check_at) if r is not None else None
+        return _pause_record(r) if r is not None else None
 
     def take_pause_check(self, name: str, *, next_check_at: datetime) -> bool:
         """Atomically take the due re-check of a pause (one worker wins), pushing the next one out."""
@@ -1246,6 +1246,10 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).first()
         return _scan_state(row) if row is not None else None
+
+
+def _pause_record(row: Row[Any]) -> PauseRecord:
+    return PauseRecord(row.name, row.reason, row.since, row.next_check_at)
 
 
 def _hold_record(row: Row[Any]) -> HoldRecord:
