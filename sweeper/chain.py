@@ -369,10 +369,19 @@ class UnsignedTransfer:
     amount: int
     fee_limit_sun: int
     expiration_ms: int
+    # When it was built (monotonic): its remaining lifetime is counted on this process's own clock
+    # from the node's head-block stamp, never from the host's wall clock.
+    built_monotonic: float = field(default_factory=time.monotonic, compare=False)
 
     @property
     def expires_at(self) -> datetime:
         return datetime.fromtimestamp(self.expiration_ms / 1000, UTC)
+
+    def remaining_ms(self) -> int:
+        """Lifetime left: stamped lifetime (expiration - timestamp, both the node's head time at
+        build) less the time spent since building."""
+        lifetime = self.expiration_ms - int(self.raw_data.get("timestamp", self.expiration_ms))
+        return lifetime - int((time.monotonic() - self.built_monotonic) * 1000)
 
 
 @dataclass(frozen=True)
@@ -918,6 +927,14 @@ class TronChain:
     async def latest_block(self) -> BlockRef:
         return await self._block("wallet/getnowblock")
 
+    async def head_clock_skew_seconds(self) -> float:
+        """The node's head-block time minus the host clock, in seconds (positive: the chain is ahead).
+
+        Blocks come every 3 s: a healthy node is at most a few seconds "behind"; far off means a
+        wrong host clock or a stalled node."""
+        head = await self.latest_block()
+        return head.timestamp_ms / 1000 - self._clock().timestamp()
+
     async def _constant_call(
         self, owner: str, contract: str, selector: str, parameter: str
     ) -> dict[str, Any]:
@@ -1040,9 +1057,14 @@ class TronChain:
         if not isinstance(fee_limit_sun, int) or isinstance(fee_limit_sun, bool) or fee_limit_sun <= 0:
             raise ValueError("fee_limit_sun must be a positive integer (fee_limit_for(energy_needed))")
         contract = await self._contract(token)
+        # Stamped from the node's head-block time, not the host clock (tronpy stamps the host's): a
+        # host clock that is off cannot make the transfer expired, or too far ahead, for the chain.
+        head = await self.latest_block()
         try:
             builder = await contract.functions.transfer(destination, amount)
-            builder = builder.with_owner(owner).fee_limit(fee_limit_sun).expiration(lifetime_ms)
+            builder = builder.with_owner(owner).fee_limit(fee_limit_sun)
+            builder._raw_data["timestamp"] = head.timestamp_ms
+            builder._raw_data["expiration"] = head.timestamp_ms + lifetime_ms
             tx = await builder.build()
         except (ApiError, UnknownError, TronValidationError, TransactionError, TvmError) as exc:
             raise ChainResponseError(f"building the transfer failed: {exc}") from None
@@ -1083,8 +1105,7 @@ class TronChain:
             amount=unsigned.amount,
             fee_limit_sun=unsigned.fee_limit_sun,
         )
-        now_ms = int(self._clock().timestamp() * 1000)
-        if unsigned.expiration_ms <= now_ms + min_remaining_ms:
+        if unsigned.remaining_ms() <= min_remaining_ms:
             raise TransactionExpired(
                 f"transaction {unsigned.txid} expires at {unsigned.expires_at.isoformat()}"
             )

@@ -432,6 +432,12 @@ class Daemon:
             checks["detection"] = f"last pass {int(age.total_seconds())} s ago"
             if age > limit:
                 ok = False
+        if self.pipeline.chain_clock_problem is not None:
+            ok = False
+            checks["chain_clock"] = (
+                "the node's head block and this host's clock disagree (a wrong host clock, or a stalled "
+                "node): nothing is ordered"
+            )
         if self.pipeline.ordering_paused_reason is not None:
             # Money is at stake: a human must look (`sweeper ordering resume` lifts it).
             ok = False

@@ -118,6 +118,11 @@ class PipelineOptions:
     no_quote_alert_seconds: float = 3600.0
     no_quote_retry_seconds: float = 60.0
     index_data_ttl_seconds: float = 600.0
+    # Nothing is ordered while the node's head-block time is further than this from the host clock.
+    chain_clock_check: bool = True
+    max_chain_clock_skew_seconds: float = 30.0
+    chain_clock_check_ttl_seconds: float = 10.0
+    chain_clock_retry_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> PipelineOptions:
@@ -217,6 +222,9 @@ class Pipeline:
         # sweep id -> consecutive node errors before ordering: the back-off grows (never fails a row)
         self._node_errors: dict[int, int] = {}
         self.ordering_paused_reason: str | None = None  # the persisted pause, for /healthz
+        self.chain_clock_problem: str | None = None  # set while the chain-clock check fails (/healthz)
+        self._clock_checked: tuple[float, str | None] | None = None
+        self._last_clock_alert: float = float("-inf")
 
     # --- driving ----------------------------------------------------------------------------
 
@@ -599,7 +607,15 @@ class Pipeline:
                 },
             )
 
-        # 6. Caps, failing closed: no quote, no order; the reservation and the order-sent mark are
+        # 6. One clock: a host clock far from the chain's (or a stalled node) would pay for
+        # transfers the node already considers expired. Nothing is ordered until they agree.
+        clock_problem = await self._chain_clock_problem()
+        if clock_problem is not None:
+            return await self._back_to_queue(
+                row, clock_problem, delay=self.options.chain_clock_retry_seconds, changes=passed
+            )
+
+        # 7. Caps, failing closed: no quote, no order; the reservation and the order-sent mark are
         # one transaction against the UTC day's locked budget row.
         price = await self._price()
         if price is None:
@@ -649,7 +665,7 @@ class Pipeline:
                 changes=passed,
             )
 
-        # 7. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
+        # 8. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
         # lookup in step 1 and the settle wait guard the following attempt.
         try:
             order = await self.provider.collect_manual(
@@ -895,6 +911,40 @@ class Pipeline:
         if count:
             values["attempts"] = row.attempts + 1
         return await self._move(row, S.QUEUED, reason, changes=values, release=True)
+
+    async def _chain_clock_problem(self) -> str | None:
+        """Why ordering must wait because of the clocks (None: the node's head-block time and the host
+        clock agree within max_chain_clock_skew_seconds). Checked at most every few seconds."""
+        if not self.options.chain_clock_check:
+            return None
+        cached = self._clock_checked
+        if cached is not None and time.monotonic() - cached[0] < self.options.chain_clock_check_ttl_seconds:
+            return cached[1]
+        try:
+            skew = await self.chain.head_clock_skew_seconds()
+        except ChainError as exc:
+            problem: str | None = f"the node's head block could not be read to check the clocks: {exc}"
+        else:
+            problem = None
+            if abs(skew) > self.options.max_chain_clock_skew_seconds:
+                problem = (
+                    f"the node's head block is {skew:+.0f} s from this host's clock (limit "
+                    f"{self.options.max_chain_clock_skew_seconds:.0f} s): either the host clock is wrong "
+                    "(check NTP) or the node is stalled; nothing is ordered until they agree"
+                )
+                now = time.monotonic()
+                if now - self._last_clock_alert >= 600:
+                    self._last_clock_alert = now
+                    log.error(
+                        "ALERT: host clock and chain disagree (a wrong host clock, or a stalled node); "
+                        "energy ordering waits",
+                        skew_seconds=round(skew),
+                    )
+        self._clock_checked = (time.monotonic(), problem)
+        if problem is None and self.chain_clock_problem is not None:
+            log.info("host clock and chain agree again; energy ordering resumes")
+        self.chain_clock_problem = problem
+        return problem
 
     async def _node_error(
         self, row: SweepRecord, reason: str, *, changes: dict[str, Any] | None = None

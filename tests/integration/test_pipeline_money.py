@@ -452,3 +452,28 @@ def test_a_changed_destination_whose_need_no_longer_fits_holds(
     row = env.ledger.get_sweep(sweep_id)
     assert row.state is S.FAILED and "now needs" in env.ledger.events(sweep_id)[-1].reason
     assert env.transfers_from(a) == [] and env.ledger.active_hold(a, "USDT") is not None
+
+
+def test_a_host_clock_two_minutes_behind_the_chain_orders_nothing_until_it_agrees(env: Env) -> None:
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+
+    async def go() -> None:
+        async with env.pipeline(chain_clock_retry_seconds=0.05, chain_clock_check_ttl_seconds=0) as pipeline:
+            host = pipeline.chain._clock
+            pipeline.chain._clock = lambda: host() - timedelta(minutes=2)  # this host's clock is behind
+            for _ in range(4):
+                await pipeline.run_once()
+                await asyncio.sleep(0.06)
+            row = env.ledger.get_sweep(sweep_id)
+            assert row.state is S.QUEUED and "-120 s" not in (row.last_error or "")
+            assert "+120 s from this host's clock" in (row.last_error or "")
+            assert env.provider.post_count == 0 and pipeline.chain_clock_problem is not None
+            pipeline.chain._clock = host  # NTP fixed it
+            await wait_final(pipeline, env.ledger, 20)
+            assert pipeline.chain_clock_problem is None
+
+    with capture_logs() as logs:
+        asyncio.run(go())
+    assert len(alerts(logs, "host clock and chain disagree")) == 1
+    assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED and env.provider.post_count == 1
