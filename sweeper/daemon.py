@@ -28,7 +28,7 @@ from sweeper import notify
 from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
 from sweeper.config import ConfigError, Settings, load_settings
-from sweeper.domain import Clock, utcnow
+from sweeper.domain import Clock
 from sweeper.ledger import Ledger
 from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
 from sweeper.logs import configure_logging
@@ -86,7 +86,7 @@ class Daemon:
         ledger: Ledger,
         *,
         dry_run: bool = False,
-        clock: Clock = utcnow,
+        clock: Clock | None = None,
         chain: TronChain | None = None,
         provider: ProviderClient | None = None,
         reload: Callable[[], Settings] | None = None,
@@ -94,7 +94,7 @@ class Daemon:
         self.settings = settings
         self.ledger = ledger
         self.dry_run = dry_run
-        self.now = clock
+        self.now: Clock = clock if clock is not None else ledger.now  # the database's clock
         self.chain = chain or chain_from(settings)
         self.provider = provider or provider_from(settings)
         self._reload_settings = reload or (lambda: load_settings(self.settings.path))

@@ -54,7 +54,7 @@ from sweeper.chain import (
     UnsafeTransaction,
 )
 from sweeper.config import Settings, TokenSettings
-from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
+from sweeper.domain import Clock, IllegalTransition, SweepState, format_units
 from sweeper.keys import HdWallet, KeyRing, KeySourceError, SigningKey
 from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.provider import (
@@ -193,7 +193,7 @@ class Pipeline:
         options: PipelineOptions,
         *,
         worker_id: str,
-        clock: Clock = utcnow,
+        clock: Clock | None = None,
         dry_run: bool = False,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -203,7 +203,9 @@ class Pipeline:
         self.keys = keys
         self.options = options
         self.worker_id = worker_id
-        self.now = clock
+        # The ledger's clock (the database's) unless a test injects one: leases, due times and the
+        # order-settle window must not depend on this host's clock.
+        self.now: Clock = clock if clock is not None else ledger.now
         self.dry_run = dry_run
         self._sleep = sleep
         self._rng = random.Random()

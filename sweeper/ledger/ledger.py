@@ -25,8 +25,8 @@ from sweeper.domain import (
     IllegalTransition,
     SweepState,
     is_legal,
-    utcnow,
 )
+from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.models import (
     MAX_BASE_UNITS,
     AddressCooldown,
@@ -253,9 +253,10 @@ def _check_amount(name: str, value: int) -> None:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self.engine = engine
-        self.now = clock
+        # The database's clock by default: every worker, on every host, compares against one time.
+        self.now: Clock = clock if clock is not None else DatabaseClock(engine)
 
     # --- sweeps: birth ----------------------------------------------------------------------
 

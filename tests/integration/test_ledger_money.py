@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, text
 
 from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, make_engine, utc_day
+from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
 from sweeper.pipeline import worker_name
 from tests.conftest import FakeClock
@@ -258,3 +259,19 @@ def test_two_workers_with_the_same_hostname_and_pid_never_share_leases(known: Le
     assert known.release_claims(second) == 0  # the other's shutdown leaves our lease alone
     assert not known.renew_lease(sweep_id, second, 60)
     assert known.get_sweep(sweep_id).claimed_by == first
+
+
+def test_the_database_clock_is_the_databases_time_plus_the_test_offset(engine: Engine) -> None:
+    clock = DatabaseClock(engine, offset=timedelta(minutes=5))
+    first = clock()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            db_now = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        else:
+            db_now = datetime.fromisoformat(
+                conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
+            ).replace(tzinfo=UTC)
+    assert first.tzinfo is not None
+    assert abs((first - timedelta(minutes=5) - db_now).total_seconds()) < 2
+    assert clock() >= first  # carried forward on the monotonic clock between samples
+    assert isinstance(Ledger(engine).now, DatabaseClock)  # the ledger's default clock

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from types import SimpleNamespace
 
 import pytest
@@ -17,16 +17,27 @@ import tronpy.async_tron
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from sweeper import domain
 from sweeper import pipeline as pipeline_module
-from sweeper.chain import DEFAULT_LIFETIME_MS
-from sweeper.domain import SweepState
-from sweeper.ledger import ORDERING_PAUSE, token_pause_name, upgrade, utc_day
+from sweeper.chain import DEFAULT_LIFETIME_MS, TronChain
+from sweeper.domain import Secret, SweepState
+from sweeper.ledger import ORDERING_PAUSE, Ledger, token_pause_name, upgrade, utc_day
 from sweeper.ledger.models import Base
-from sweeper.pipeline import Pipeline
-from sweeper.provider import RetryPolicy
+from sweeper.pipeline import Keys, Pipeline, PipelineOptions
+from sweeper.provider import ProviderClient, RetryPolicy, Timeouts
+from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, HoldPoint
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER
 from tests.integration import test_pipeline as base
-from tests.integration.test_pipeline import DESTINATION, USDT, Env, _state_is, drive_until, wait_final
+from tests.integration.test_pipeline import (
+    DESTINATION,
+    TOKENS,
+    USDT,
+    WALLET,
+    Env,
+    _state_is,
+    drive_until,
+    wait_final,
+)
 
 env = base.env  # the pipeline tests' fixture: a sandbox node + provider over one world, and a ledger
 
@@ -477,3 +488,64 @@ def test_a_host_clock_two_minutes_behind_the_chain_orders_nothing_until_it_agree
         asyncio.run(go())
     assert len(alerts(logs, "host clock and chain disagree")) == 1
     assert env.ledger.get_sweep(sweep_id).state is S.CONFIRMED and env.provider.post_count == 1
+
+
+class _HostClock10MinutesAhead(datetime):
+    """What `datetime.now()` says on a host whose clock is 10 minutes ahead."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+        return datetime.now(tz) + timedelta(minutes=10)
+
+
+def test_two_workers_whose_host_clocks_differ_by_10_minutes_order_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A's order POST hangs before the provider creates anything and A gives up on it
+    (outcome unknown). Worker B, on a host whose clock is 10 minutes ahead, takes the row: by its
+    own clock the settle window is long over and it would order again. Leases, due times and the
+    settle window compare against the database's clock, so B only looks the order up. (The
+    chain-clock check is off here: it alone would stop B from ordering.)"""
+    a = env.fund(0, 20_000_000)
+    sweep_id = env.queue(a)
+    env.provider.hold_posts(HoldPoint.BEFORE_CREATE)
+    opts = dict(order_grace_seconds=0.1, chain_clock_check=False)
+
+    async def go() -> None:
+        async with (
+            TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
+            ProviderClient(
+                env.provider.url,
+                Secret(SANDBOX_API_KEY),
+                Secret(SANDBOX_API_SECRET),
+                timeouts=Timeouts(read=0.3, total=0.5),
+            ) as client,
+        ):
+            options = PipelineOptions(
+                destination=DESTINATION, tokens=TOKENS, poll_min_seconds=0.05, backoff_base_seconds=0.05,
+                backoff_max_seconds=0.2, **opts,  # type: ignore[arg-type]
+            )  # fmt: skip
+            worker_a = Pipeline(env.ledger, client, chain, Keys(env.ledger, WALLET), options, worker_id="a")
+            ledger_b = Ledger(env.ledger.engine)  # another process: its own ledger and clock
+            worker_b = Pipeline(ledger_b, client, chain, Keys(ledger_b, WALLET), options, worker_id="b")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while "outcome unknown" not in (env.ledger.get_sweep(sweep_id).last_error or ""):
+                assert loop.time() < deadline, "A's POST should time out"
+                await worker_a.run_once()
+                await asyncio.sleep(0.02)
+            with monkeypatch.context() as host:  # only while B works: B's host clock is ahead
+                host.setattr(domain, "datetime", _HostClock10MinutesAhead)
+                assert domain.utcnow() - datetime.now(UTC) > timedelta(minutes=9)
+                for _ in range(6):
+                    await asyncio.sleep(0.15)  # past A's grace: the row is due
+                    await worker_b.run_once()
+            assert env.provider.post_count == 1, "B ordered again while A's POST could still land"
+            assert "may still land" in (env.ledger.get_sweep(sweep_id).last_error or "")
+            env.provider.release_posts()  # A's order is created, late; it is adopted
+            await wait_final(worker_a, env.ledger, 30)
+
+    asyncio.run(go())
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert len(env.provider.orders_by_out_trade_no(row.out_trade_no)) == 1 and env.provider.post_count == 1
