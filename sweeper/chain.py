@@ -1059,6 +1059,7 @@ class TronChain:
         contract = await self._contract(token)
         # Stamped from the node's head-block time, not the host clock (tronpy stamps the host's): a
         # host clock that is off cannot make the transfer expired, or too far ahead, for the chain.
+        started = time.monotonic()  # before the head read: the lifetime left is never overstated
         head = await self.latest_block()
         try:
             builder = await contract.functions.transfer(destination, amount)
@@ -1088,6 +1089,7 @@ class TronChain:
             amount=amount,
             fee_limit_sun=fee_limit_sun,
             expiration_ms=decoded.expiration_ms,
+            built_monotonic=started,
         )
 
     def sign_transfer(

@@ -28,7 +28,7 @@ from sweeper import notify
 from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
 from sweeper.config import ConfigError, Settings, load_settings
-from sweeper.domain import Clock
+from sweeper.domain import Clock, utcnow
 from sweeper.ledger import Ledger
 from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
 from sweeper.logs import configure_logging
@@ -311,6 +311,11 @@ class Daemon:
 
     async def _housekeeping_job(self) -> None:
         await self._check_provider(startup=False)
+        if self.pipeline.options.chain_clock_check and not self.dry_run:
+            try:  # keeps /healthz's chain_clock reason current when nothing is being ordered
+                await self.pipeline.check_chain_clock()
+            except ChainError as exc:
+                log.warning("head block unreadable for the clock check", error=str(exc)[:200])
         try:
             snapshot = await asyncio.to_thread(
                 self.metrics.refresh_from_ledger,
@@ -346,14 +351,16 @@ class Daemon:
         except ChainError as exc:
             log.warning("TRON node unreachable at start-up; detection retries", error=str(exc))
             return
-        skew = (self.now().timestamp() * 1000 - head.timestamp_ms) / 1000
         # A head block is up to one block interval (3 s) old, so only a larger gap means skew.
-        if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
-            log.error(
-                "ALERT: this host's clock and the TRON chain's disagree; transfers may be refused as expired",
-                skew_seconds=round(skew, 1),
-                head_block=head.number,
-            )
+        for whose, now in (("this host's", utcnow()), ("the ledger database's", self.ledger.now())):
+            skew = (now.timestamp() * 1000 - head.timestamp_ms) / 1000
+            if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
+                log.error(
+                    f"ALERT: {whose} clock and the TRON chain's disagree (run NTP); energy ordering "
+                    "waits while the host's is more than 30 s off",
+                    skew_seconds=round(skew, 1),
+                    head_block=head.number,
+                )
 
     async def _check_provider(self, *, startup: bool) -> None:
         try:

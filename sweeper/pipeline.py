@@ -54,7 +54,7 @@ from sweeper.chain import (
     UnsafeTransaction,
 )
 from sweeper.config import Settings, TokenSettings
-from sweeper.domain import Clock, IllegalTransition, SweepState, format_units
+from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
 from sweeper.keys import HdWallet, KeyRing, KeySourceError, SigningKey
 from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.provider import (
@@ -194,6 +194,7 @@ class Pipeline:
         *,
         worker_id: str,
         clock: Clock | None = None,
+        host_clock: Clock = utcnow,
         dry_run: bool = False,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -206,6 +207,10 @@ class Pipeline:
         # The ledger's clock (the database's) unless a test injects one: leases, due times and the
         # order-settle window must not depend on this host's clock.
         self.now: Clock = clock if clock is not None else ledger.now
+        # A transaction's expiration is the chain's (stamped from its head block): it is compared
+        # with this host's clock, which the chain-clock check keeps within seconds of the chain's,
+        # never with the database's (nothing bounds how far that is from the chain).
+        self.host_now: Clock = host_clock
         self.dry_run = dry_run
         self._sleep = sleep
         self._rng = random.Random()
@@ -611,7 +616,12 @@ class Pipeline:
 
         # 6. One clock: a host clock far from the chain's (or a stalled node) would pay for
         # transfers the node already considers expired. Nothing is ordered until they agree.
-        clock_problem = await self._chain_clock_problem()
+        try:
+            clock_problem = await self._chain_clock_problem()
+        except ChainError as exc:
+            return await self._node_error(
+                row, f"head block read for the clock check failed: {exc}", changes=passed
+            )
         if clock_problem is not None:
             return await self._back_to_queue(
                 row, clock_problem, delay=self.options.chain_clock_retry_seconds, changes=passed
@@ -844,12 +854,17 @@ class Pipeline:
     async def _adopt(self, row: SweepRecord, order: Order) -> Step:
         skew = timedelta(seconds=self.options.adopt_clock_skew_seconds)
         # Without a creation time we cannot tell our order from an old ledger's: not adoptable.
+        # With a nonce, our out_trade_no is unique to this row: found by it (and echoed exactly when
+        # the provider echoes it), the order is ours. A legacy row (bare id, before migration 0005)
+        # could meet an old ledger's order: it also needs a creation time no earlier than the row's.
+        echoed = order.out_trade_no
         foreign = (
             order.receive_address != row.address
-            # The exact string, when the provider echoes it (a lookup by our out_trade_no).
-            or (order.out_trade_no is not None and order.out_trade_no != row.out_trade_no)
-            or order.create_time is None
-            or order.create_time < row.created_at - skew
+            or (echoed is not None and echoed != "" and echoed != row.out_trade_no)
+            or (
+                row.order_nonce is None
+                and (order.create_time is None or order.create_time < row.created_at - skew)
+            )
         )
         if foreign:
             log.error(
@@ -915,33 +930,34 @@ class Pipeline:
         return await self._move(row, S.QUEUED, reason, changes=values, release=True)
 
     async def _chain_clock_problem(self) -> str | None:
-        """Why ordering must wait because of the clocks (None: the node's head-block time and the host
-        clock agree within max_chain_clock_skew_seconds). Checked at most every few seconds."""
+        """Why ordering must wait because of the clocks (None: they agree); checked at most every
+        `chain_clock_check_ttl_seconds`. Raises ChainError when the head block cannot be read."""
         if not self.options.chain_clock_check:
             return None
         cached = self._clock_checked
         if cached is not None and time.monotonic() - cached[0] < self.options.chain_clock_check_ttl_seconds:
             return cached[1]
-        try:
-            skew = await self.chain.head_clock_skew_seconds()
-        except ChainError as exc:
-            problem: str | None = f"the node's head block could not be read to check the clocks: {exc}"
-        else:
-            problem = None
-            if abs(skew) > self.options.max_chain_clock_skew_seconds:
-                problem = (
-                    f"the node's head block is {skew:+.0f} s from this host's clock (limit "
-                    f"{self.options.max_chain_clock_skew_seconds:.0f} s): either the host clock is wrong "
-                    "(check NTP) or the node is stalled; nothing is ordered until they agree"
+        return await self.check_chain_clock()
+
+    async def check_chain_clock(self) -> str | None:
+        """Compare the node's head-block time with this host's clock now (the daemon also calls this
+        from housekeeping, so `/healthz` follows the clocks when nothing is being ordered)."""
+        skew = await self.chain.head_clock_skew_seconds()
+        problem = None
+        if abs(skew) > self.options.max_chain_clock_skew_seconds:
+            problem = (
+                f"the node's head block is {skew:+.0f} s from this host's clock (limit "
+                f"{self.options.max_chain_clock_skew_seconds:.0f} s): either the host clock is wrong "
+                "(check NTP) or the node is stalled; nothing is ordered until they agree"
+            )
+            now = time.monotonic()
+            if now - self._last_clock_alert >= 600:
+                self._last_clock_alert = now
+                log.error(
+                    "ALERT: host clock and chain disagree (a wrong host clock, or a stalled node); "
+                    "energy ordering waits",
+                    skew_seconds=round(skew),
                 )
-                now = time.monotonic()
-                if now - self._last_clock_alert >= 600:
-                    self._last_clock_alert = now
-                    log.error(
-                        "ALERT: host clock and chain disagree (a wrong host clock, or a stalled node); "
-                        "energy ordering waits",
-                        skew_seconds=round(skew),
-                    )
         self._clock_checked = (time.monotonic(), problem)
         if problem is None and self.chain_clock_problem is not None:
             log.info("host clock and chain agree again; energy ordering resumes")
@@ -1173,14 +1189,14 @@ class Pipeline:
     async def _signed(self, row: SweepRecord) -> Step:
         assert row.signed_tx is not None and row.expiration is not None and row.txid is not None
         signed = SignedTransfer.from_json(row.signed_tx)
-        if self.now() >= row.expiration:
+        if self.host_now() >= row.expiration:
             return await self._rebuild_if_unknown(row, signed)
         if signed.destination != self.options.destination:
             return await self._old_destination(row, signed)
         if row.send_attempts > self.options.max_attempts:
             # Out of broadcast attempts: no more sends; once the transaction has expired unknown to
             # the chain, the row fails (and holds).
-            wait = (row.expiration - self.now()).total_seconds() + self.options.poll_min_seconds
+            wait = (row.expiration - self.host_now()).total_seconds() + self.options.poll_min_seconds
             await self._release(row, max(self.options.poll_min_seconds, wait))
             return Step.WAIT
         try:
@@ -1209,7 +1225,7 @@ class Pipeline:
         try:
             result = await self.chain.broadcast(signed)
         except BroadcastRejected as exc:
-            if exc.expired and self.now() >= row.expiration:
+            if exc.expired and self.host_now() >= row.expiration:
                 return await self._rebuild_if_unknown(row, signed)
             # Counted: past pipeline.max_attempts no more sends; the row fails once the stored
             # transaction has expired unknown to the chain. (Expired for the node while our clock
@@ -1247,7 +1263,7 @@ class Pipeline:
                 f"transaction {signed.txid} to {signed.destination} already known to the node",
             )
         assert row.expiration is not None
-        wait = (row.expiration - self.now()).total_seconds() + self.options.poll_min_seconds
+        wait = (row.expiration - self.host_now()).total_seconds() + self.options.poll_min_seconds
         reason = (
             f"signed to {signed.destination}, but wallet.destination is now {self.options.destination}: "
             f"not broadcast; rebuilt once it expires at {row.expiration.isoformat()}"

@@ -2,9 +2,14 @@
 
 Several hosts have several clocks; two workers whose host clocks differ by minutes would otherwise
 disagree about whether a lease ran out or whether an earlier order POST can still land (and then
-order twice). Every worker reads the time from the one database instead: sampled now and then,
-and carried forward between samples on the process's monotonic clock (which a wall-clock step
-does not move), so reading it costs no query.
+order twice). Every worker reads the time of the one database instead.
+
+- SQLite runs on this host: its clock is the host clock; nothing to measure.
+- Postgres: the server's `clock_timestamp()` is sampled and kept as an offset from the host's wall
+  clock (half the round trip corrected), so reading the time costs no query and follows the wall
+  clock through a suspend or a VM pause. The offset is re-measured every minute in a background
+  thread (never inside a caller's transaction, never blocking the event loop); a failed measurement
+  keeps the last offset and is logged. The first measurement happens on first use.
 """
 
 from __future__ import annotations
@@ -13,9 +18,17 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import structlog
 from sqlalchemy import Engine, text
 
+log = structlog.get_logger(__name__)
+
 RESYNC_SECONDS = 60.0
+
+
+def _host_now() -> datetime:
+    """This host's wall clock (a seam: tests give the host a wrong clock)."""
+    return datetime.now(UTC)
 
 
 class DatabaseClock:
@@ -27,27 +40,56 @@ class DatabaseClock:
         self.engine = engine
         self.offset = offset
         self.resync_seconds = resync_seconds
+        self._local = engine.dialect.name != "postgresql"
         self._lock = threading.Lock()
-        self._base: datetime | None = None
-        self._sampled_at = 0.0
+        self._db_minus_host: timedelta | None = None  # None: never measured
+        self._measured_at = float("-inf")
+        self._measuring = False
 
     def __call__(self) -> datetime:
+        if not self._local:
+            self._keep_measured()
         with self._lock:
-            if self._base is None or time.monotonic() - self._sampled_at >= self.resync_seconds:
-                self._base, self._sampled_at = self._sample(), time.monotonic()
-            return self._base + timedelta(seconds=time.monotonic() - self._sampled_at) + self.offset
+            skew = self._db_minus_host or timedelta(0)
+        return _host_now() + skew + self.offset
 
-    def _sample(self) -> datetime:
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
+    @property
+    def database_minus_host(self) -> timedelta | None:
+        """The last measured difference (None for SQLite, or before the first measurement)."""
+        return None if self._local else self._db_minus_host
+
+    def _keep_measured(self) -> None:
+        with self._lock:
+            due = time.monotonic() - self._measured_at >= self.resync_seconds
+            first = self._measured_at == float("-inf")  # never tried: the caller waits for it
+            if not due or self._measuring:
+                return
+            self._measuring = True
+        if first:
+            self._measure()
+        else:
+            threading.Thread(target=self._measure, name="sweeper-db-clock", daemon=True).start()
+
+    def _measure(self) -> None:
+        try:
+            before = _host_now()
+            with self.engine.connect() as conn:
                 value = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
-            else:  # SQLite: the database file's host clock, in UTC
-                value = conn.execute(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")).scalar_one()
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        if not isinstance(value, datetime):
-            raise TypeError(f"the database answered {value!r} for its time")
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            after = _host_now()
+            if not isinstance(value, datetime):
+                raise TypeError(f"the database answered {value!r} for its time")
+            server = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            skew = server - (before + (after - before) / 2)
+            with self._lock:
+                self._db_minus_host = skew
+                self._measured_at = time.monotonic()
+        except Exception as exc:  # keep the last offset; try again soon
+            log.warning("the database clock could not be read; keeping the last offset", error=str(exc)[:200])
+            with self._lock:
+                self._measured_at = time.monotonic() - self.resync_seconds + 5.0
+        finally:
+            with self._lock:
+                self._measuring = False
 
     def __repr__(self) -> str:
         return f"DatabaseClock(offset={self.offset})"

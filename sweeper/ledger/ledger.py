@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,10 @@ class SweepRecord:
     def out_trade_no(self) -> str:
         """The provider's key for this row's one energy order (compared as this exact string)."""
         return f"{self.id}-{self.order_nonce}" if self.order_nonce else str(self.id)
+
+
+# "<id>-<nonce>" or, for a row made before migration 0005, the bare id.
+OUT_TRADE_NO = re.compile(r"([0-9]{1,18})(?:-([A-Z2-7]{8}))?")
 
 
 def new_order_nonce() -> str:
@@ -858,9 +863,10 @@ class Ledger:
         """
         match: Any
         if out_trade_no is not None:
-            id_text, _, nonce = out_trade_no.partition("-")
-            if not id_text.isdigit() or len(out_trade_no) > 64:
+            parsed = OUT_TRADE_NO.fullmatch(out_trade_no)
+            if parsed is None:  # not one of ours (nor a legacy bare id)
                 return None
+            id_text, nonce = parsed.group(1), parsed.group(2)
             match = and_(
                 sweeps.c.id == int(id_text),
                 sweeps.c.order_nonce == nonce if nonce else sweeps.c.order_nonce.is_(None),

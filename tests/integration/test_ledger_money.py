@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, text
 
 from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, LedgerError, NewAddress, make_engine, utc_day
+from sweeper.ledger import clock as clock_module
 from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
 from sweeper.pipeline import worker_name
@@ -275,3 +277,27 @@ def test_the_database_clock_is_the_databases_time_plus_the_test_offset(engine: E
     assert abs((first - timedelta(minutes=5) - db_now).total_seconds()) < 2
     assert clock() >= first  # carried forward on the monotonic clock between samples
     assert isinstance(Ledger(engine).now, DatabaseClock)  # the ledger's default clock
+
+
+@pytest.mark.postgres
+def test_the_postgres_clock_compensates_a_wrong_host_clock_and_survives_an_outage(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        host_ahead = lambda: datetime.now(UTC) + timedelta(minutes=10)  # noqa: E731
+        monkeypatch.setattr(clock_module, "_host_now", host_ahead)  # this host's clock: 10 min ahead
+        clock = DatabaseClock(engine, resync_seconds=0.0)
+        with engine.connect() as conn:
+            server = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        assert abs((clock() - server).total_seconds()) < 2  # the database's time, not the host's
+        skew = clock.database_minus_host
+        assert skew is not None and abs((skew + timedelta(minutes=10)).total_seconds()) < 2
+        # The database becomes unreachable: the last offset is kept, reading the time never raises.
+        clock.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+        for _ in range(3):
+            assert abs((clock() - server).total_seconds()) < 10
+            time.sleep(0.3)
+        assert clock.database_minus_host == skew
+    finally:
+        engine.dispose()

@@ -426,7 +426,7 @@ def _change_destination_between_signing_and_broadcast(
             # Time passes (the chain's and ours alike) until the stored transfer has expired.
             offset = timedelta(seconds=DEFAULT_LIFETIME_MS / 1000 + 10)
             real_now = pipeline.now
-            pipeline.now = env.ledger.now = lambda: real_now() + offset
+            pipeline.now = pipeline.host_now = env.ledger.now = lambda: real_now() + offset
             with env.world.lock:
                 env.world.advance_time(offset.total_seconds())
                 env.world.produce_blocks(3)
