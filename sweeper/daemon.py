@@ -291,6 +291,8 @@ class Daemon:
             return
         self.last_scan_completed = self.now()
         self.last_scan_error = None
+        if report.unreadable:
+            self.metrics.scan_address_errors.inc(report.unreadable)
         if self.dry_run:
             for c in report.candidates:
                 log.info(

@@ -76,6 +76,12 @@ class Metrics:
             "Failed energy provider requests (transport errors, 5xx and 429 answers)",
             registry=r,
         )
+        self.scan_address_errors = Counter(
+            "sweeper_scan_address_errors",
+            "Deposit addresses (per token) whose balance could not be read or queued in a scan pass; "
+            "skipped, read again next pass",
+            registry=r,
+        )
         self.callbacks = Counter(
             "sweeper_callbacks",
             "Provider callbacks received, by result (hinted, unmatched, too_large, error, or the rejection reason)",

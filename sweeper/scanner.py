@@ -80,6 +80,9 @@ class PassReport:
     queued: int = 0
     skipped_open: int = 0  # (address, token) pairs not read because a sweep is already open
     skipped_held: int = 0  # … because the pair is held or cooling down
+    # (address, token) pairs whose balance could not be read or queued this pass: logged and
+    # skipped, so one bad address never stops the pass for the others (read again next pass)
+    unreadable: int = 0
     resumed_after_id: int = 0
     completed: bool = False
     seconds: float = 0.0
@@ -223,22 +226,29 @@ class Scanner:
         keep: bool,
     ) -> None:
         failures: list[str] = []
+        reads = 0
 
         async def read(address: str, token: TokenSettings) -> None:
+            nonlocal reads
+            reads += 1
             async with semaphore:
                 try:
                     amount = await self.chain.token_balance(address, token.contract)
-                except Exception as exc:  # the chain client already retried; the page is incomplete
-                    failures.append(f"{address} {token.symbol}: {exc}")
+                except Exception as exc:  # the chain client already retried
+                    failures.append(f"{address} {token.symbol}: balance unreadable: {exc}")
                     return
             report.balance_reads += 1
             if amount < token.min_sweep_base_units:
                 return
             sweep_id = None
             if not dry_run:
-                sweep_id = await asyncio.to_thread(
-                    self.ledger.queue_sweep, address, token.symbol, token.contract, amount
-                )
+                try:
+                    sweep_id = await asyncio.to_thread(
+                        self.ledger.queue_sweep, address, token.symbol, token.contract, amount
+                    )
+                except ValueError as exc:  # an amount the ledger cannot store: this address only
+                    failures.append(f"{address} {token.symbol}: not queued: {exc}")
+                    return
                 if sweep_id is not None:
                     report.queued += 1
                     log.info(
@@ -258,8 +268,12 @@ class Scanner:
             skip = open_already | blocked
             jobs.extend(read(address, token) for address in page if address not in skip)
         await asyncio.gather(*jobs)
-        if failures:
+        if failures and len(failures) == reads:
+            # Every read of the page failed: the node, not an address. Stop; the pass resumes here.
             raise ScanError(
                 f"{len(failures)} balance reads failed in this page (first: {failures[0]}); "
                 "the pass resumes from this page next time"
             )
+        for failure in failures:
+            log.warning("deposit address skipped in this pass; read again next pass", problem=failure[:300])
+        report.unreadable += len(failures)

@@ -315,6 +315,7 @@ METRIC_NAMES = [
     "sweeper_held_addresses",
     "sweeper_spent_today_sun",
     "sweeper_ordering_paused",
+    "sweeper_scan_address_errors_total",
 ]
 
 

@@ -240,28 +240,52 @@ def test_amount_at_threshold_boundary_uses_exact_decimals(settings: Settings) ->
     assert token.min_sweep == Decimal("10") and token.min_sweep_base_units == MIN
 
 
-def test_unreadable_page_stops_the_pass_without_skipping_it(
+class _Flaky:
+    """The chain, except that some addresses' balances cannot be read."""
+
+    def __init__(self, inner: TronChain, failing: set[str]) -> None:
+        self.inner = inner
+        self.failing = failing
+
+    async def token_balance(self, holder: str, token: str) -> int:
+        if holder in self.failing:
+            raise RuntimeError("node keeps failing for this one")
+        return await self.inner.token_balance(holder, token)
+
+
+def test_one_unreadable_address_never_stops_the_pass_for_the_others(
     ledger: Ledger, settings: Settings, node: RunningNode
 ) -> None:
-    from sweeper.scanner import ScanError
-
+    """Issue 12: the first wave stopped the whole pass at the page of one bad address, for ever."""
     sync_addresses(settings, ledger)
-
-    class Flaky:
-        def __init__(self, inner: TronChain) -> None:
-            self.inner = inner
-            self.calls = 0
-
-        async def token_balance(self, holder: str, token: str) -> int:
-            self.calls += 1
-            if holder == ADDRESSES[25]:
-                raise RuntimeError("node keeps failing for this one")
-            return await self.inner.token_balance(holder, token)
+    bad = sorted(EXPECTED, key=ADDRESSES.index)[3]
 
     async def go() -> None:
         async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
-            with pytest.raises(ScanError, match="1 balance reads failed"):
-                await Scanner(ledger, Flaky(chain), settings.tokens, page_size=10).run_pass()
+            report = await Scanner(ledger, _Flaky(chain, {bad}), settings.tokens, page_size=10).run_pass()
+            assert report.completed and report.unreadable == 1 and report.addresses == N
+            assert report.queued == len(EXPECTED) - 1
+
+    asyncio.run(go())
+    assert {r.address for r in ledger.list_sweeps()} == EXPECTED - {bad}
+    progress = ledger.scan_pass("poll")
+    assert progress is not None and progress.completed_at is not None
+
+
+def test_an_unreadable_page_stops_the_pass_without_skipping_it(
+    ledger: Ledger, settings: Settings, node: RunningNode
+) -> None:
+    """Every read of a page failing means the node, not the addresses: the pass stops there and
+    resumes from that page next time."""
+    from sweeper.scanner import ScanError
+
+    sync_addresses(settings, ledger)
+    page3 = set(ADDRESSES[20:30])
+
+    async def go() -> None:
+        async with TronChain(node.url, requests_per_second=1000, burst=50) as chain:
+            with pytest.raises(ScanError, match="10 balance reads failed"):
+                await Scanner(ledger, _Flaky(chain, page3), settings.tokens, page_size=10).run_pass()
 
     asyncio.run(go())
     progress = ledger.scan_pass("poll")
