@@ -98,7 +98,7 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Apply migrations up to `revision`; safe to rerun. Returns (before, after)."""
     before = current_revision(engine)
-    with engine.begin() as conn:
+    with _migration_connection(engine) as conn, conn.begin():
         command.upgrade(_alembic_config(conn), revision)
     after = current_revision(engine)
     assert after is not None
@@ -106,8 +106,30 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    with engine.begin() as conn:
+    with _migration_connection(engine) as conn, conn.begin():
         command.downgrade(_alembic_config(conn), revision)
+
+
+@contextmanager
+def _migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection to migrate on. SQLite: foreign keys off while a migration rebuilds a table
+    (they cannot change inside a transaction; SQLite's documented procedure for a table rebuild),
+    then checked: a violation aborts with the rows named, and keys are back on either way."""
+    with engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            yield conn
+            return
+        # On the driver's connection, outside any transaction (SQLAlchemy would begin one).
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield conn
+            problems = raw.execute("PRAGMA foreign_key_check").fetchall()
+            if problems:
+                raise RuntimeError(f"the migration left foreign keys broken: {problems[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def require_head(engine: Engine) -> None:

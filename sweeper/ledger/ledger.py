@@ -30,6 +30,7 @@ from sweeper.domain import (
 from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.models import (
     MAX_BASE_UNITS,
+    MAX_TOKEN_UNITS,
     AddressCooldown,
     AddressHold,
     BudgetDay,
@@ -252,9 +253,13 @@ def utc_day(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
-def _check_amount(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BASE_UNITS:
-        raise ValueError(f"{name}={value!r} is not an integer base-unit amount in 0..2^63-1")
+def _check_amount(name: str, value: int, *, limit: int = MAX_BASE_UNITS) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise ValueError(f"{name}={value!r} is not an integer base-unit amount in 0..{limit}")
+
+
+def _check_token_amount(name: str, value: int) -> None:
+    _check_amount(name, value, limit=MAX_TOKEN_UNITS)
 
 
 class Ledger:
@@ -278,7 +283,7 @@ class Ledger:
     ) -> int | None:
         """Queue a sweep; None when (address, token) already has an open one (the index decides),
         is held after a paid failure, or is cooling down after unpaid ones."""
-        _check_amount("observed_amount", observed_amount)
+        _check_token_amount("observed_amount", observed_amount)
         now = self.now()
         try:
             with self.engine.begin() as conn:
@@ -380,7 +385,7 @@ class Ledger:
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} in a transition")
         if "amount" in values:
-            _check_amount("amount", values["amount"])
+            _check_token_amount("amount", values["amount"])
         for name in ("cost_sun", "charge_sun", "refund_sun", "energy_needed"):
             if values.get(name) is not None:
                 _check_amount(name, values[name])
@@ -1048,14 +1053,21 @@ class Ledger:
             by_state = {s.value: 0 for s in SweepState}
             for state, count in conn.execute(select(sweeps.c.state, func.count()).group_by(sweeps.c.state)):
                 by_state[state] = int(count)
-            swept = {
-                token: int(total)
+            swept: dict[str, int] = {}
+            if conn.dialect.name == "postgresql":  # NUMERIC sums exactly
                 for token, total in conn.execute(
                     select(sweeps.c.token, func.sum(sweeps.c.amount))
                     .where(sweeps.c.state == SweepState.CONFIRMED.value)
                     .group_by(sweeps.c.token)
-                )
-            }
+                ):
+                    swept[token] = int(total)
+            else:  # SQLite's SUM() of the 78-digit text would be a float: add them up exactly here
+                for token, amount in conn.execute(
+                    select(sweeps.c.token, sweeps.c.amount).where(
+                        sweeps.c.state == SweepState.CONFIRMED.value
+                    )
+                ):
+                    swept[token] = swept.get(token, 0) + amount
             cost = conn.execute(select(func.coalesce(func.sum(sweeps.c.cost_sun), 0))).scalar_one()
             count = conn.execute(select(func.count()).select_from(addresses)).scalar_one()
             held = conn.execute(

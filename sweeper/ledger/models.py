@@ -7,6 +7,8 @@ into floats. Times are stored in UTC.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -18,12 +20,14 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Text,
     TypeDecorator,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 from sweeper.domain import OPEN_STATES, SweepState
 
@@ -38,7 +42,10 @@ NAMING = {
 # SQLite only auto-increments an INTEGER PRIMARY KEY; Postgres gets a real 64-bit id.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-MAX_BASE_UNITS = 2**63 - 1
+MAX_BASE_UNITS = 2**63 - 1  # sun columns (BigInteger): far beyond any TRX amount
+# Token amounts in base units: any token's whole supply fits (uint256 has 78 decimal digits).
+TOKEN_DIGITS = 78
+MAX_TOKEN_UNITS = 10**TOKEN_DIGITS - 1
 
 
 def state_check_sql(column: str = "state") -> str:
@@ -71,6 +78,39 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class TokenUnits(TypeDecorator[int]):
+    """A token amount in base units, exact up to 10^78 - 1, as a Python int.
+
+    Postgres: NUMERIC(78, 0). SQLite has no exact type that wide (its NUMERIC and INTEGER turn big
+    values into floats): zero-padded decimal TEXT of 78 digits, so text order is number order and
+    `CHECK (length(x) = 78 AND x NOT GLOB '*[^0-9]*')` keeps anything else out. Sums over it must
+    be computed in Python (SQLite's SUM() of text is a float).
+    """
+
+    impl = Numeric(TOKEN_DIGITS, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(TOKEN_DIGITS))
+        return dialect.type_descriptor(Numeric(TOKEN_DIGITS, 0))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKEN_UNITS:
+            raise ValueError(f"{value!r} is not a token amount in 0..10^{TOKEN_DIGITS}-1 base units")
+        return f"{value:0{TOKEN_DIGITS}d}" if dialect.name == "sqlite" else Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+def token_units_check_sql(*columns: str) -> str:
+    """The SQLite CHECK that keeps TokenUnits columns exact (78 digits, nothing else)."""
+    return " AND ".join(f"length({c}) = {TOKEN_DIGITS} AND {c} NOT GLOB '*[^0-9]*'" for c in columns)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -101,8 +141,8 @@ class Sweep(Base):
     token: Mapped[str] = mapped_column(String(16), nullable=False)
     token_contract: Mapped[str] = mapped_column(String(34), nullable=False)
     state: Mapped[str] = mapped_column(String(16), nullable=False)
-    observed_amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    observed_amount: Mapped[int] = mapped_column(TokenUnits, nullable=False)
+    amount: Mapped[int] = mapped_column(TokenUnits, nullable=False)
     destination: Mapped[str | None] = mapped_column(String(34), nullable=True)
     serial: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     scene: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -141,7 +181,11 @@ class Sweep(Base):
 
     __table_args__ = (
         CheckConstraint(state_check_sql(), name="state"),
-        CheckConstraint("observed_amount >= 0 AND amount >= 0", name="amounts"),
+        # The same rule in each database's terms (0006): non-negative numbers / 78-digit text.
+        CheckConstraint("observed_amount >= 0 AND amount >= 0", name="amounts").ddl_if(dialect="postgresql"),
+        CheckConstraint(token_units_check_sql("observed_amount", "amount"), name="amounts").ddl_if(
+            dialect="sqlite"
+        ),
         CheckConstraint("attempts >= 0", name="attempts"),
         # At most one open sweep per (address, token): two scanners, a restart or two daemons
         # can never queue the same money twice.

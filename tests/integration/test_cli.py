@@ -229,3 +229,34 @@ def test_ordering_resume_lifts_the_persisted_pause(
     )
     assert ledger.pause("ordering") is None
     ledger.engine.dispose()
+
+
+def test_an_18_decimal_token_amount_is_exact_in_sweeps_list_and_stats(
+    config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: 10^27 + 1 base units of an 18-decimal token (a billion tokens and one wei)."""
+    token = "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf"
+    config.write_text(
+        config.read_text()
+        + f'\n[[tokens]]\nsymbol = "BIG"\ncontract = "{token}"\ndecimals = 18\nmin_sweep = "1"\n'
+    )
+    run(config, "migrate", capsys=capsys)
+    f = tmp_path / "a.txt"
+    f.write_text(A[0])
+    run(config, "addresses", "import", str(f), capsys=capsys)
+    ledger = _ledger(db_url)
+    amount = 10**27 + 1
+    sweep_id = ledger.queue_sweep(A[0], "BIG", token, amount)
+    assert sweep_id is not None
+    [row] = json.loads(run(config, "sweeps", "list", "--json", capsys=capsys)[1])
+    assert row["observed_amount"] == "1000000000.000000000000000001"
+    assert row["observed_amount_base_units"] == str(amount)
+    for source, target in [
+        (SweepState.QUEUED, SweepState.ORDERING), (SweepState.ORDERING, SweepState.ENERGY_READY),
+        (SweepState.ENERGY_READY, SweepState.SIGNED), (SweepState.SIGNED, SweepState.BROADCAST),
+        (SweepState.BROADCAST, SweepState.CONFIRMED),
+    ]:  # fmt: skip
+        ledger.transition(sweep_id, source, target, reason="test")
+    stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
+    assert stats["swept"] == {"BIG": "1000000000.000000000000000001"}
+    ledger.engine.dispose()

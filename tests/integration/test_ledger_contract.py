@@ -197,14 +197,37 @@ def test_sweep_events_are_append_only(known: Ledger, engine: Engine) -> None:
     assert known.events(sweep_id)[0].reason != "rewritten"
 
 
-def test_big_amounts_stay_exact_integers(known: Ledger) -> None:
-    big = 2**63 - 1
+@pytest.mark.parametrize(
+    "big", [2**63 - 1, 2**63, 2**63 + 1, 10**27, 10**27 + 1, 10**78 - 1], ids=lambda v: f"{v:.3g}"
+)
+def test_any_tokens_whole_supply_stays_exact(known: Ledger, big: int) -> None:
+    """Issue 12: amounts are NUMERIC(78,0) / exact 78-digit text; the first wave's BigInteger
+    overflowed above ~9.2 units of an 18-decimal token."""
     sweep_id = queue(known, amount=big)
     assert known.get_sweep(sweep_id).observed_amount == big
+    known.transition(sweep_id, S.QUEUED, S.ORDERING, reason="claimed")
+    known.transition(sweep_id, S.ORDERING, S.ENERGY_READY, reason="energy there", changes={"amount": big - 1})
+    known.transition(sweep_id, S.ENERGY_READY, S.SIGNED, reason="signed")
+    known.transition(sweep_id, S.SIGNED, S.BROADCAST, reason="sent")
+    known.transition(sweep_id, S.BROADCAST, S.CONFIRMED, reason="confirmed", changes={"amount": big})
+    other = queue(known, A2, amount=big)
+    for source, target in [(S.QUEUED, S.ORDERING), (S.ORDERING, S.ENERGY_READY), (S.ENERGY_READY, S.SIGNED),
+                           (S.SIGNED, S.BROADCAST), (S.BROADCAST, S.CONFIRMED)]:  # fmt: skip
+        known.transition(other, source, target, reason="x")
+    assert known.stats().swept_by_token["USDT"] == 2 * big  # exact, not a float
+
+
+def test_amounts_outside_the_range_are_refused(known: Ledger, engine: Engine) -> None:
     with pytest.raises(ValueError, match="base-unit amount"):
-        known.queue_sweep(A2, "USDT", USDT, 2**63)
+        known.queue_sweep(A2, "USDT", USDT, 10**78)
     with pytest.raises(ValueError, match="base-unit amount"):
         known.queue_sweep(A2, "USDT", USDT, -5)
+    sweep_id = queue(known)
+    # The database refuses what the ledger would never write (text, negative, too long).
+    for bad in ("abc", "-1", "1" * 79):
+        with pytest.raises(DBAPIError), engine.begin() as conn:
+            conn.execute(text("UPDATE sweeps SET amount = :v WHERE id = :id"), {"v": bad, "id": sweep_id})
+    assert known.get_sweep(sweep_id).amount == 15_000_000
 
 
 # --- leases --------------------------------------------------------------------------------------

@@ -89,3 +89,49 @@ def test_schema_not_ready_names_the_command(sqlite_url: str) -> None:
     else:  # pragma: no cover
         raise AssertionError("an empty database must not pass require_head")
     engine.dispose()
+
+
+def test_0006_keeps_existing_amounts_exact_and_the_table_whole(db_url: str) -> None:
+    """A ledger with sweeps, events and holds at 0005 is rebuilt to 78-digit amounts (SQLite) or
+    NUMERIC(78,0) (Postgres): amounts, foreign keys and the one-open-sweep index all survive."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0005")
+    address = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO deposit_addresses (address, source, watched, created_at, updated_at) "
+                "VALUES (:a, 'import', true, :t, :t)"
+            ),
+            {"a": address, "t": "2026-12-01 00:00:00"},
+        )
+        for amount, state in ((2**63 - 1, "confirmed"), (125_500_000, "queued")):
+            conn.execute(
+                text(
+                    "INSERT INTO sweeps (address, token, token_contract, state, observed_amount, amount, "
+                    "attempts, send_attempts, created_at, updated_at) VALUES (:a, 'USDT', :c, :s, :v, :v, 0, 0, :t, :t)"
+                ),
+                {"a": address, "c": "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t", "s": state, "v": amount,
+                 "t": "2026-12-01 00:00:00"},
+            )  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO sweep_events (sweep_id, at, to_state, reason) VALUES (1, :t, 'queued', 'born')"
+            ),
+            {"t": "2026-12-01 00:00:00"},
+        )
+    db.upgrade(engine)
+    from sweeper.ledger import Ledger
+
+    ledger = Ledger(engine)
+    assert [s.amount for s in sorted(ledger.list_sweeps(), key=lambda s: s.id)] == [2**63 - 1, 125_500_000]
+    assert ledger.events(1)[0].reason == "born"
+    assert (
+        ledger.queue_sweep(address, "USDT", "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t", 10**27) is None
+    )  # one open
+    assert ledger.stats().swept_by_token == {"USDT": 2**63 - 1}
+    with engine.connect() as conn:  # foreign keys are back on and hold (SQLite)
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    engine.dispose()
