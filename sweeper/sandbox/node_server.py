@@ -494,13 +494,13 @@ class SandboxNode:
 
     def _getcontract(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
         address = _b58(body["value"])
-        if address != self.world.usdt_contract:
+        if not self.world.is_token(address):
             return {}
         visible = _is_visible(body)
         return {
             "bytecode": "6080604052",
             "consume_user_resource_percent": 100,
-            "name": "TetherToken",
+            "name": "TetherToken" if address == self.world.usdt_contract else "SandboxToken",
             "origin_address": _render_address("THPvaUhoh2Qn2y9THCZML3H815hhFhn5YC", visible),
             "abi": {"entrys": USDT_ABI},
             "origin_energy_limit": 10_000_000,
@@ -518,30 +518,30 @@ class SandboxNode:
     #   no `result.result`, no transaction.
     # The owner's account is never looked at: java-tron runs a constant call for any owner.
 
-    def _call_data(self, body: dict[str, Any]) -> tuple[str, str]:
+    def _call_data(self, body: dict[str, Any]) -> tuple[str, str, str]:
         contract = _b58(body["contract_address"])
-        if contract != self.world.usdt_contract:
+        if not self.world.is_token(contract):
             raise NodeRejection("CONTRACT_VALIDATE_ERROR", "Smart contract is not exist.")
         if "data" in body:
             data = str(body["data"]).lower()
-            return data[:8], data[8:]
+            return contract, data[:8], data[8:]
         # java-tron's Util.parseMethod: keccak256 of the signature, then the parameter as given.
         signature = str(body.get("function_selector", "")).replace(" ", "")
-        return keccak256(signature.encode()).hex()[:8], str(body.get("parameter", "")).lower()
+        return contract, keccak256(signature.encode()).hex()[:8], str(body.get("parameter", "")).lower()
 
     @staticmethod
     def _return_error(code: str, message: str, visible: bool) -> dict[str, Any]:
         return {"result": {"code": code, "message": message if visible else _hex_msg(message)}}
 
-    def _run_call(self, owner: str, selector: str, params: str) -> _CallRun:
+    def _run_call(self, owner: str, selector: str, params: str, contract: str | None = None) -> _CallRun:
         world = self.world
-        usdt = world.usdt_contract
+        usdt = contract or world.usdt_contract  # the token called (USDT unless another is registered)
         if selector == BALANCE_OF_SELECTOR:
             holder = _word_address(params, 0)
             return _CallRun(False, USDT_ENERGY_BALANCE_OF, 0, f"{world.token_balance(usdt, holder):064x}")
         if selector == DECIMALS_SELECTOR:
-            return _CallRun(False, USDT_ENERGY_DECIMALS, 0, f"{6:064x}")
-        if selector == IS_BLACKLISTED_SELECTOR:
+            return _CallRun(False, USDT_ENERGY_DECIMALS, 0, f"{world.decimals(usdt):064x}")
+        if selector == IS_BLACKLISTED_SELECTOR and usdt == world.usdt_contract:
             listed = world.is_blacklisted(_word_address(params, 0))
             return _CallRun(False, USDT_ENERGY_IS_BLACKLISTED, 0, f"{int(listed):064x}")
         if selector == TRANSFER_SELECTOR:
@@ -549,7 +549,7 @@ class SandboxNode:
                 return _CallRun(True, USDT_ENERGY_REVERT_PAUSED, 0, "")
             to, amount = _word_address(params, 0), int(params[64:128], 16)
             with world.lock:
-                run = world.usdt_transfer_run(owner, to, amount)
+                run = world.usdt_transfer_run(owner, to, amount, usdt)
             if run.reverted:
                 return _CallRun(True, run.energy_used, run.energy_penalty, "")
             log = (
@@ -564,11 +564,11 @@ class SandboxNode:
     def _triggerconstant(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
         visible = _is_visible(body)
         try:
-            selector, params = self._call_data(body)
+            contract, selector, params = self._call_data(body)
         except NodeRejection as exc:
             return self._return_error(exc.code, exc.message, visible)
         owner = _b58(body["owner_address"]) if body.get("owner_address") else ZERO_ADDRESS
-        run = self._run_call(owner, selector, params)
+        run = self._run_call(owner, selector, params, contract)
         result: dict[str, Any] = {"result": True}
         if run.reverted:
             result["message"] = "REVERT opcode executed" if visible else _hex_msg("REVERT opcode executed")
@@ -581,10 +581,14 @@ class SandboxNode:
                 {"address": _render_log_address(addr, visible), "topics": list(topics), "data": data}
                 for addr, topics, data in run.logs
             ]
-        out["transaction"] = self._constant_transaction(owner, selector + params, run.reverted, visible)
+        out["transaction"] = self._constant_transaction(
+            owner, selector + params, run.reverted, visible, contract
+        )
         return out
 
-    def _constant_transaction(self, owner: str, data: str, reverted: bool, visible: bool) -> dict[str, Any]:
+    def _constant_transaction(
+        self, owner: str, data: str, reverted: bool, visible: bool, contract: str | None = None
+    ) -> dict[str, Any]:
         """The unsigned transaction java-tron builds for the call (head reference, 60 s expiration)."""
         world = self.world
         with world.lock:
@@ -593,7 +597,7 @@ class SandboxNode:
         value = {
             "data": data,
             "owner_address": address_to_hex(owner),
-            "contract_address": address_to_hex(world.usdt_contract),
+            "contract_address": address_to_hex(contract or world.usdt_contract),
         }
         raw: dict[str, Any] = {
             "contract": [
@@ -614,7 +618,7 @@ class SandboxNode:
         txid = hashlib.sha256(raw_bytes).hexdigest()  # java-tron's txID: sha256 of raw_data
         if visible:
             value["owner_address"] = owner
-            value["contract_address"] = world.usdt_contract
+            value["contract_address"] = contract or world.usdt_contract
         return {
             "ret": [{"ret": "FAILED"} if reverted else {}],
             "visible": visible,
@@ -629,11 +633,11 @@ class SandboxNode:
         # by up to 1 TRX worth; the sandbox answers the exact figure.)
         visible = _is_visible(body)
         try:
-            selector, params = self._call_data(body)
+            contract, selector, params = self._call_data(body)
         except NodeRejection as exc:
             return self._return_error(exc.code, exc.message, visible)
         owner = _b58(body["owner_address"]) if body.get("owner_address") else ZERO_ADDRESS
-        run = self._run_call(owner, selector, params)
+        run = self._run_call(owner, selector, params, contract)
         if run.reverted:
             return self._return_error("CONTRACT_EXE_ERROR", "REVERT opcode executed", visible)
         return {"result": {"result": True}, "energy_required": run.energy_used}

@@ -181,6 +181,9 @@ def _block_id(number: int, parent_id: str, timestamp_ms: int, txids: tuple[str, 
 @dataclass
 class World:
     usdt_contract: str = USDT_MAINNET
+    # Plain TRC20 tokens besides USDT (contract -> decimals): same transfer energy model, no freeze
+    # list, no pause. `add_token` registers one (tests of other tokens, e.g. 18 decimals).
+    other_tokens: dict[str, int] = field(default_factory=dict)
     energy_fee_sun: int = 100  # sun per energy unit (chain parameter getEnergyFee)
     accounts: dict[str, Account] = field(default_factory=dict)
     # (contract, holder) -> base units
@@ -286,18 +289,29 @@ class World:
         with self.lock:
             self.usdt_energy_penalty = amount
 
-    def usdt_transfer_run(self, owner: str, to: str, amount: int) -> UsdtRun:
-        """`transfer(to, amount)` from `owner` on the world's USDT, in the order Tether checks."""
+    def add_token(self, contract: str, decimals: int) -> None:
         with self.lock:
-            if self.usdt_paused:
-                return self._revert(USDT_ENERGY_REVERT_PAUSED, "paused")
-            if owner in self.blacklisted:
-                return self._revert(USDT_ENERGY_REVERT_BLACKLISTED, "sender is blacklisted")
-            if amount > self.token_balance(self.usdt_contract, owner):
+            self.other_tokens[contract] = decimals
+
+    def is_token(self, contract: str) -> bool:
+        return contract == self.usdt_contract or contract in self.other_tokens
+
+    def decimals(self, contract: str) -> int:
+        return 6 if contract == self.usdt_contract else self.other_tokens[contract]
+
+    def usdt_transfer_run(self, owner: str, to: str, amount: int, contract: str | None = None) -> UsdtRun:
+        """`transfer(to, amount)` from `owner` on the world's USDT (in the order Tether checks), or on
+        another registered token (`contract`: the same energy model, no freeze list, no pause)."""
+        contract = contract or self.usdt_contract
+        with self.lock:
+            if contract == self.usdt_contract:
+                if self.usdt_paused:
+                    return self._revert(USDT_ENERGY_REVERT_PAUSED, "paused")
+                if owner in self.blacklisted:
+                    return self._revert(USDT_ENERGY_REVERT_BLACKLISTED, "sender is blacklisted")
+            if amount > self.token_balance(contract, owner):
                 return self._revert(USDT_ENERGY_REVERT, "amount above the balance")
-            base = (
-                USDT_ENERGY_OLD_HOLDER if self.holds_token(self.usdt_contract, to) else USDT_ENERGY_NEW_HOLDER
-            )
+            base = USDT_ENERGY_OLD_HOLDER if self.holds_token(contract, to) else USDT_ENERGY_NEW_HOLDER
             penalty = self.usdt_energy_penalty
             return UsdtRun(False, base + penalty, penalty)
 
@@ -527,7 +541,7 @@ class World:
         if ctype != "TriggerSmartContract":
             raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"sandbox node does not execute {ctype}")
         contract = _addr(value["contract_address"])
-        if contract != self.usdt_contract:
+        if not self.is_token(contract):
             raise NodeRejection("CONTRACT_VALIDATE_ERROR", "No contract or not a smart contract")
         fee_limit = int(raw.get("fee_limit", 0))
         if fee_limit < 0 or fee_limit > 15_000_000_000:
@@ -568,7 +582,7 @@ class World:
             return
         assert tx.to is not None
         balance = self.token_balance(tx.contract, tx.owner)
-        run = self.usdt_transfer_run(tx.owner, tx.to, tx.amount)
+        run = self.usdt_transfer_run(tx.owner, tx.to, tx.amount, tx.contract)
         needed = run.energy_used
         # java-tron: the energy a call may use is capped by fee_limit / energy fee (delegated energy
         # included) and by what the owner can pay (delegated energy + TRX balance / energy fee).

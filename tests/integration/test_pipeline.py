@@ -57,10 +57,11 @@ class Env:
     @contextlib.asynccontextmanager
     async def pipeline(self, **options: object) -> AsyncIterator[Pipeline]:
         """A pipeline over the sandbox with fast test timings (`options` override PipelineOptions)."""
-        opts = PipelineOptions(
+        values: dict[str, object] = dict(
             destination=DESTINATION, tokens=TOKENS, order_grace_seconds=0.2, poll_min_seconds=0.05,
-            backoff_base_seconds=0.05, backoff_max_seconds=0.2, **options,  # type: ignore[arg-type]
+            backoff_base_seconds=0.05, backoff_max_seconds=0.2,
         )  # fmt: skip
+        opts = PipelineOptions(**{**values, **options})  # type: ignore[arg-type]
         async with (
             TronChain(self.node.url, requests_per_second=1000, burst=100) as chain,
             ProviderClient(self.provider.url, Secret(SANDBOX_API_KEY), Secret(SANDBOX_API_SECRET)) as client,

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +21,7 @@ from structlog.testing import capture_logs
 from sweeper import domain
 from sweeper import pipeline as pipeline_module
 from sweeper.chain import DEFAULT_LIFETIME_MS, TronChain
+from sweeper.config import TokenSettings
 from sweeper.domain import Secret, SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, token_pause_name, upgrade, utc_day
 from sweeper.ledger.models import Base
@@ -549,3 +551,22 @@ def test_two_workers_whose_host_clocks_differ_by_10_minutes_order_once(
     row = env.ledger.get_sweep(sweep_id)
     assert row.state is S.CONFIRMED, (row.state, row.last_error)
     assert len(env.provider.orders_by_out_trade_no(row.out_trade_no)) == 1 and env.provider.post_count == 1
+
+
+def test_an_18_decimal_token_with_a_10_to_the_27_balance_is_queued_and_swept(env: Env) -> None:
+    """Issue 12: a billion tokens of 18 decimals (10^27 base units, far above 2^63) move exactly."""
+    big_token = "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf"
+    env.world.add_token(big_token, 18)
+    tokens = (*TOKENS, TokenSettings(symbol="BIG", contract=big_token, decimals=18, min_sweep=Decimal("1")))
+    amount = 10**27 + 123
+    a = env.fund(0, 0)
+    env.world.credit_token(big_token, a, amount)
+    sweep_id = env.ledger.queue_sweep(a, "BIG", big_token, amount)
+    assert sweep_id is not None
+    asyncio.run(env.run(tokens=tokens))
+    row = env.ledger.get_sweep(sweep_id)
+    assert row.state is S.CONFIRMED, (row.state, row.last_error)
+    assert row.amount == row.observed_amount == amount
+    assert env.world.token_balance(big_token, DESTINATION) == amount
+    assert env.world.token_balance(big_token, a) == 0
+    assert env.ledger.stats().swept_by_token == {"BIG": amount}
