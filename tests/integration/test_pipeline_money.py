@@ -542,6 +542,7 @@ def test_two_workers_whose_host_clocks_differ_by_10_minutes_order_once(
                 for _ in range(6):
                     await asyncio.sleep(0.15)  # past A's grace: the row is due
                     await worker_b.run_once()
+            assert worker_b.steps_done > 0, "B never took the row: the test proved nothing"
             assert env.provider.post_count == 1, "B ordered again while A's POST could still land"
             assert "may still land" in (env.ledger.get_sweep(sweep_id).last_error or "")
             env.provider.release_posts()  # A's order is created, late; it is adopted
