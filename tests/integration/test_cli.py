@@ -103,14 +103,21 @@ def _ledger(db_url: str) -> Ledger:
     return Ledger(make_engine(db_url))
 
 
-def test_sweeps_list_show_cancel_retry_stats(
+def _migrated_with_addresses(
     config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+) -> Ledger:
+    """`sweeper migrate`, then `addresses import` of the three test addresses; the ledger."""
     run(config, "migrate", capsys=capsys)
     f = tmp_path / "a.txt"
     f.write_text("\n".join(A))
     run(config, "addresses", "import", str(f), capsys=capsys)
-    ledger = _ledger(db_url)
+    return _ledger(db_url)
+
+
+def test_sweeps_list_show_cancel_retry_stats(
+    config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = _migrated_with_addresses(config, tmp_path, db_url, capsys)
     first = ledger.queue_sweep(A[0], "USDT", USDT, 125_500_000)
     second = ledger.queue_sweep(A[1], "USDT", USDT, 10_000_000)
     assert first and second
@@ -177,11 +184,7 @@ def test_tables_on_a_tty(
 def test_held_addresses_are_listed_released_and_counted(
     config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run(config, "migrate", capsys=capsys)
-    f = tmp_path / "a.txt"
-    f.write_text("\n".join(A))
-    run(config, "addresses", "import", str(f), capsys=capsys)
-    ledger = _ledger(db_url)
+    ledger = _migrated_with_addresses(config, tmp_path, db_url, capsys)
     failed = ledger.queue_sweep(A[0], "USDT", USDT, 20_000_000)
     assert failed
     ledger.transition(failed, SweepState.QUEUED, SweepState.ORDERING, reason="claimed")

@@ -81,6 +81,22 @@ class Env:
             return [tx for tx in self.world.transactions.values() if tx.owner == address]
 
 
+@contextlib.asynccontextmanager
+async def short_timeout_clients(env: Env) -> AsyncIterator[tuple[TronChain, ProviderClient]]:
+    """A chain client and a provider client whose POST gives up after 0.5 s (a held POST becomes an
+    unknown outcome quickly)."""
+    async with (
+        TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
+        ProviderClient(
+            env.provider.url,
+            Secret(SANDBOX_API_KEY),
+            Secret(SANDBOX_API_SECRET),
+            timeouts=Timeouts(read=0.3, total=0.5),
+        ) as client,
+    ):
+        yield chain, client
+
+
 async def wait_final(pipeline: Pipeline, ledger: Ledger, timeout: float) -> None:
     """Drive the pipeline until every sweep is final (deadline, not sleeps, decides failure)."""
     loop = asyncio.get_running_loop()
@@ -238,15 +254,7 @@ def test_a_post_that_lands_late_after_a_lost_answer_is_adopted_not_ordered_again
     )  # fmt: skip
 
     async def go() -> None:
-        async with (
-            TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
-            ProviderClient(
-                env.provider.url,
-                Secret(SANDBOX_API_KEY),
-                Secret(SANDBOX_API_SECRET),
-                timeouts=Timeouts(read=0.3, total=0.5),
-            ) as client,
-        ):
+        async with short_timeout_clients(env) as (chain, client):
             pipeline = Pipeline(env.ledger, client, chain, Keys(env.ledger, WALLET), opts, worker_id="w")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10

@@ -20,14 +20,14 @@ from structlog.testing import capture_logs
 
 from sweeper import domain
 from sweeper import pipeline as pipeline_module
-from sweeper.chain import DEFAULT_LIFETIME_MS, TronChain
+from sweeper.chain import DEFAULT_LIFETIME_MS
 from sweeper.config import TokenSettings
-from sweeper.domain import Secret, SweepState
+from sweeper.domain import SweepState
 from sweeper.ledger import ORDERING_PAUSE, Ledger, token_pause_name, upgrade, utc_day
 from sweeper.ledger.models import Base
 from sweeper.pipeline import Keys, Pipeline, PipelineOptions
-from sweeper.provider import ProviderClient, RetryPolicy, Timeouts
-from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, HoldPoint
+from sweeper.provider import RetryPolicy
+from sweeper.sandbox.provider_server import HoldPoint
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER
 from tests.integration import test_pipeline as base
 from tests.integration.test_pipeline import (
@@ -38,6 +38,7 @@ from tests.integration.test_pipeline import (
     Env,
     _state_is,
     drive_until,
+    short_timeout_clients,
     wait_final,
 )
 
@@ -514,15 +515,7 @@ def test_two_workers_whose_host_clocks_differ_by_10_minutes_order_once(
     opts = dict(order_grace_seconds=0.1, chain_clock_check=False)
 
     async def go() -> None:
-        async with (
-            TronChain(env.node.url, requests_per_second=1000, burst=100) as chain,
-            ProviderClient(
-                env.provider.url,
-                Secret(SANDBOX_API_KEY),
-                Secret(SANDBOX_API_SECRET),
-                timeouts=Timeouts(read=0.3, total=0.5),
-            ) as client,
-        ):
+        async with short_timeout_clients(env) as (chain, client):
             options = PipelineOptions(
                 destination=DESTINATION, tokens=TOKENS, poll_min_seconds=0.05, backoff_base_seconds=0.05,
                 backoff_max_seconds=0.2, **opts,  # type: ignore[arg-type]
