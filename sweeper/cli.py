@@ -16,15 +16,23 @@ from typing import Any, NoReturn, TextIO
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from sweeper import __version__
-from sweeper.config import ConfigError, Settings, config_path_from, load_settings
+from sweeper.config import Settings, config_path_from, load_settings
 from sweeper.domain import InvalidAddress, SweepState, check_tron_address, format_units
+from sweeper.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    LedgerUnavailable,
+    RuntimeFailure,
+    SweeperError,
+    UsageError,
+)
 from sweeper.ledger import (
     ORDERING_PAUSE,
     HoldRecord,
     Ledger,
-    LedgerError,
     NewAddress,
-    SchemaNotReady,
     SweepEventRecord,
     SweepRecord,
     make_engine,
@@ -33,14 +41,9 @@ from sweeper.ledger import (
 )
 from sweeper.logs import configure_logging
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Balance reads in flight. httpcore's pool costs grow with connections x queued requests: past ~16
 # the client's CPU, not the node, limits a pass (benchmarks/scan_bench.py).
 SCAN_CONCURRENCY = 16
-
-
-class UsageError(Exception):
-    """Bad input from the operator: message printed, exit 2, nothing changed."""
 
 
 @dataclass
@@ -65,12 +68,8 @@ class Context:
             require_head(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise RuntimeFailure(f"cannot reach the ledger database: {exc.orig}") from None
+            raise LedgerUnavailable(f"cannot reach the ledger database: {exc.orig}") from None
         return Ledger(engine)
-
-
-class RuntimeFailure(Exception):
-    pass
 
 
 # --- output helpers ----------------------------------------------------------------------------
@@ -165,7 +164,7 @@ def cmd_migrate(ctx: Context) -> int:
     try:
         before, after = upgrade(engine)
     except OperationalError as exc:
-        raise RuntimeFailure(f"cannot reach the ledger database: {exc.orig}") from None
+        raise LedgerUnavailable(f"cannot reach the ledger database: {exc.orig}") from None
     finally:
         engine.dispose()
     if before == after:
@@ -510,13 +509,10 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
     from sweeper.chain import ChainError
     from sweeper.clients import chain_from, provider_from
     from sweeper.provider import ProviderError
-    from sweeper.scanner import AddressConfigProblem, ScanError, Scanner, sync_addresses
+    from sweeper.scanner import ScanError, Scanner, sync_addresses
 
     dry_run = bool(ctx.args.dry_run)
-    try:
-        added = await asyncio.to_thread(sync_addresses, settings, ledger)
-    except AddressConfigProblem as exc:
-        raise UsageError(str(exc)) from None
+    added = await asyncio.to_thread(sync_addresses, settings, ledger)
     try:
         async with chain_from(settings) as chain:
             report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
@@ -596,7 +592,6 @@ async def _scan(ctx: Context, settings: Settings, ledger: Ledger) -> int:
 
 
 def cmd_work(ctx: Context) -> int:
-    from sweeper.ledger import LedgerLocked
     from sweeper.worker import Until, ledger_lock, work
 
     settings = ctx.settings(secrets=True)
@@ -607,8 +602,6 @@ def cmd_work(ctx: Context) -> int:
             result = asyncio.run(
                 work(settings, ledger, until=until, timeout=ctx.args.timeout, dry_run=ctx.args.dry_run)
             )
-    except LedgerLocked as exc:
-        raise UsageError(str(exc)) from None
     finally:
         ledger.engine.dispose()
     summary = {
@@ -626,8 +619,7 @@ def cmd_work(ctx: Context) -> int:
 
 
 def cmd_run(ctx: Context) -> int:
-    from sweeper.daemon import StartupError, run_daemon
-    from sweeper.ledger import LedgerLocked
+    from sweeper.daemon import run_daemon
     from sweeper.scanner import watched_address_problems
     from sweeper.worker import ledger_lock
 
@@ -639,10 +631,6 @@ def cmd_run(ctx: Context) -> int:
     try:
         with ledger_lock(settings):
             return asyncio.run(run_daemon(settings, ledger, dry_run=ctx.args.dry_run))
-    except LedgerLocked as exc:
-        raise UsageError(str(exc)) from None
-    except StartupError as exc:
-        raise UsageError(str(exc)) from None
     finally:
         ledger.engine.dispose()
 
@@ -751,25 +739,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     configure_logging(level=args.log_level)
     ctx = Context(args=args, out=out)
     try:
-        code: int = args.handler(ctx)
-        return code
-    except ConfigError as exc:
-        return _fail(EXIT_USAGE, "\n".join(exc.problems))
-    except (UsageError, SchemaNotReady) as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except LedgerError as exc:
-        return _fail(EXIT_USAGE, str(exc))
-    except RuntimeFailure as exc:
-        return _fail(EXIT_FAILURE, str(exc))
-    except (OperationalError, ProgrammingError) as exc:
-        return _fail(EXIT_FAILURE, f"ledger database error: {exc.orig}")
+        return _handle(args.handler, ctx)
+    except SweeperError as exc:
+        sys.stderr.write("".join(f"sweeper: error: {line}\n" for line in exc.lines()))
+        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
-def _fail(code: int, message: str) -> int:
-    sys.stderr.write("".join(f"sweeper: error: {line}\n" for line in message.splitlines()))
-    return code
+def _handle(handler: Callable[[Context], int], ctx: Context) -> int:
+    """Run one command. The database driver's errors are not ours: this is the one place they
+    become a `LedgerUnavailable` (exit 1)."""
+    try:
+        return handler(ctx)
+    except (OperationalError, ProgrammingError) as exc:
+        raise LedgerUnavailable(f"ledger database error: {exc.orig}") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

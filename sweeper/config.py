@@ -26,18 +26,11 @@ from sweeper.domain import (
     parse_decimal,
     to_base_units,
 )
+from sweeper.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "sweeper.toml"
 SUN_PER_TRX = 1_000_000
 MAX_HD_ADDRESSES = 10_000_000
-
-
-class ConfigError(Exception):
-    """One or more problems in a config file; each line names the file, the key and the problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -610,7 +603,8 @@ def load_settings(
                 problems.add(key, f"environment variable {env_name} is not set or empty")
             secret_values[key] = Secret(value.strip()) if value.strip() else None
         if keys_v["source"] == "keyfile" and keyfile is not None:
-            from sweeper.keys import KeySourceError, load_keyfile  # keys imports domain only
+            from sweeper.errors import KeySourceError
+            from sweeper.keys import load_keyfile  # keys imports domain only
 
             try:
                 keyfile_keys = load_keyfile(keyfile)

@@ -27,8 +27,9 @@ from sqlalchemy import text
 from sweeper import notify
 from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
-from sweeper.config import ConfigError, Settings, load_settings
+from sweeper.config import Settings, load_settings
 from sweeper.domain import Clock, utcnow
+from sweeper.errors import ConfigError, StartupError
 from sweeper.ledger import Ledger
 from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
 from sweeper.logs import configure_logging
@@ -65,10 +66,6 @@ class _SkipOverlapNotice(logging.Filter):
 
 
 logging.getLogger("apscheduler.scheduler").addFilter(_SkipOverlapNotice())
-
-
-class StartupError(Exception):
-    """The daemon cannot start (exit 2): the message says what to fix."""
 
 
 @dataclass

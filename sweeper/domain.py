@@ -16,6 +16,8 @@ from typing import Final
 
 import base58
 
+from sweeper.errors import LedgerError, UsageError
+
 
 class SweepState(StrEnum):
     QUEUED = "queued"
@@ -61,7 +63,7 @@ def sources_of(target: SweepState) -> frozenset[SweepState]:
     return frozenset(s for s, targets in TRANSITIONS.items() if s is not None and target in targets)
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(LedgerError):
     """A transition the state machine does not allow, or a row no longer in the expected state."""
 
 
@@ -107,7 +109,7 @@ class Secret:
 # --- TRON addresses ----------------------------------------------------------------------------
 
 
-class InvalidAddress(ValueError):
+class InvalidAddress(UsageError, ValueError):
     """Not a TRON base58check address (34 chars, 0x41 prefix, valid checksum)."""
 
 
@@ -158,7 +160,7 @@ def hex_to_address(hex_address: str) -> str:
 # --- token amounts -----------------------------------------------------------------------------
 
 
-class InvalidAmount(ValueError):
+class InvalidAmount(UsageError, ValueError):
     pass
 
 

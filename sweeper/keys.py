@@ -18,10 +18,7 @@ from tronpy.exceptions import BadKey
 from tronpy.keys import PrivateKey
 
 from sweeper.domain import InvalidAddress, Secret, check_tron_address
-
-
-class KeySourceError(Exception):
-    """A key source that cannot be used (bad mnemonic, unsafe keyfile …). Never contains key material."""
+from sweeper.errors import KeySourceError
 
 
 class HdWallet:

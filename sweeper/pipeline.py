@@ -55,7 +55,8 @@ from sweeper.chain import (
 )
 from sweeper.config import Settings, TokenSettings
 from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
-from sweeper.keys import HdWallet, KeyRing, KeySourceError, SigningKey
+from sweeper.errors import KeySourceError
+from sweeper.keys import HdWallet, KeyRing, SigningKey
 from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.provider import (
     COLLECT_MANUAL_ENERGY_TO_HOLDER,
@@ -69,6 +70,7 @@ from sweeper.provider import (
     ProviderError,
     ProviderUnavailable,
 )
+from sweeper.retry import SWEEP_BACKOFF, Backoff
 
 log = structlog.get_logger("sweeper.pipeline")
 
@@ -103,8 +105,8 @@ class PipelineOptions:
     order_grace_seconds: float = 10.0
     order_settle_seconds: float = 300.0
     low_balance_pause_seconds: float = 300.0
-    backoff_base_seconds: float = 5.0
-    backoff_max_seconds: float = 300.0
+    backoff_base_seconds: float = SWEEP_BACKOFF.base
+    backoff_max_seconds: float = SWEEP_BACKOFF.maximum
     poll_min_seconds: float = 2.0
     poll_max_seconds: float = 30.0
     # A re-created ledger reuses ids: an order created this long before its row is not ours.
@@ -417,9 +419,8 @@ class Pipeline:
             raise _LostClaim
 
     def _backoff(self, attempts: int) -> float:
-        growth: float = 2.0 ** min(attempts, 16)
-        base = min(self.options.backoff_max_seconds, self.options.backoff_base_seconds * growth)
-        return base * (0.75 + self._rng.random() * 0.5)
+        policy = Backoff(self.options.backoff_base_seconds, self.options.backoff_max_seconds)
+        return policy.delay(attempts, self._rng)
 
     def _poll_delay(self, row: SweepRecord) -> float:
         in_state = (self.now() - row.updated_at).total_seconds()

@@ -18,6 +18,7 @@ from typing import Protocol
 import structlog
 
 from sweeper.config import Settings, TokenSettings
+from sweeper.errors import RuntimeFailure, UsageError
 from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger, NewAddress
 
@@ -30,11 +31,11 @@ class BalanceSource(Protocol):
     async def token_balance(self, holder: str, token: str) -> int: ...
 
 
-class ScanError(Exception):
+class ScanError(RuntimeFailure):
     """A pass that could not read every address; progress stops before the failed page."""
 
 
-class AddressConfigProblem(Exception):
+class AddressConfigProblem(UsageError):
     """The configured deposit addresses cannot be used as they are (exit 2 on the command line)."""
 
 
@@ -47,7 +48,7 @@ def watched_address_problems(settings: Settings) -> list[str]:
     destination = settings.wallet.destination
     if settings.keys.mnemonic is None or not settings.addresses.hd_indexes:
         return []
-    from sweeper.keys import KeySourceError
+    from sweeper.errors import KeySourceError
 
     try:
         wallet = HdWallet(settings.keys.mnemonic)

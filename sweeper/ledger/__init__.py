@@ -1,5 +1,6 @@
 """The sweep ledger: models, migrations runner, and the only code that writes a sweep's state."""
 
+from sweeper.errors import LedgerError
 from sweeper.ledger.db import SchemaNotReady, make_engine, require_head, upgrade
 from sweeper.ledger.ledger import (
     ORDERING_PAUSE,
@@ -7,7 +8,6 @@ from sweeper.ledger.ledger import (
     DepositAddressRecord,
     HoldRecord,
     Ledger,
-    LedgerError,
     NewAddress,
     OpenSweepExists,
     PauseRecord,

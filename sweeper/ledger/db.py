@@ -15,9 +15,10 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 import sweeper
+from sweeper.errors import LedgerError
 
 
-class SchemaNotReady(Exception):
+class SchemaNotReady(LedgerError):
     """The database is not at the newest migration; the operator must run `sweeper migrate`."""
 
 

@@ -27,6 +27,7 @@ from sweeper.domain import (
     SweepState,
     is_legal,
 )
+from sweeper.errors import LedgerError
 from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.models import (
     MAX_BASE_UNITS,
@@ -78,10 +79,6 @@ MUTABLE_COLUMNS = frozenset(
         "send_attempts", "reverting_since",
     }
 )  # fmt: skip
-
-
-class LedgerError(Exception):
-    """An operator-facing refusal (unknown id, wrong state for the action …)."""
 
 
 class SweepNotFound(LedgerError):

@@ -13,8 +13,10 @@ import socket
 from pathlib import Path
 from typing import IO
 
+from sweeper.errors import LedgerError
 
-class LedgerLocked(Exception):
+
+class LedgerLocked(LedgerError):
     def __init__(self, path: Path, holder: str) -> None:
         super().__init__(f"{path} is held by {holder}: another sweeper daemon uses this SQLite ledger")
         self.path = path

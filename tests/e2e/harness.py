@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sweeper.domain import Secret, SweepState
+from sweeper.domain import FINAL_STATES, Secret, SweepState
 from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger, make_engine
 from sweeper.sandbox.control import SandboxControl
@@ -174,3 +174,21 @@ def ledger_for(db_url: str) -> Ledger:
 
 def state_of(ledger: Ledger, sweep_id: int) -> SweepState:
     return ledger.get_sweep(sweep_id).state
+
+
+def describe_open(db_url: str) -> str:
+    """Every sweep not yet final with its events: what a failed `--until-final` run left behind."""
+    ledger = ledger_for(db_url)
+    try:
+        lines = []
+        for row in ledger.list_sweeps():
+            if row.state in FINAL_STATES:
+                continue
+            lines.append(f"sweep {row.id} {row.address} {row.state.value} last_error={row.last_error!r}")
+            lines += [
+                f"  {e.at.isoformat()} {e.from_state}->{e.to_state} {e.reason} {e.data or ''}"
+                for e in ledger.events(row.id)
+            ]
+        return "\n".join(lines) or "no open sweep"
+    finally:
+        ledger.engine.dispose()

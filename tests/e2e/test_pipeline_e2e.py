@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     DESTINATION,
     WALLET,
     Sandbox,
+    describe_open,
     kill9,
     ledger_for,
     run_sweeper,
@@ -55,7 +56,10 @@ def test_fifty_addresses_each_swept_exactly_once(tmp_path: Path, db_url: str) ->
         run_sweeper(config, box, "migrate")
         started = time.monotonic()
         run_sweeper(config, box, "scan")
-        run_sweeper(config, box, "work", "--until-final", "--timeout", "200")
+        work = run_sweeper(config, box, "work", "--until-final", "--timeout", "200", check=False)
+        assert work.returncode == 0, (
+            f"work exited {work.returncode}: {work.stderr[-3000:]}\n{describe_open(db_url)}"
+        )
         wall = time.monotonic() - started
         above = {a: deposit(i) for i, a in enumerate(addresses) if deposit(i) >= 10_000_000}
         ledger = ledger_for(db_url)

@@ -16,9 +16,10 @@ import structlog.testing
 from sqlalchemy.engine import Engine
 
 from sweeper.chain import BlockRef, ChainUnavailable
-from sweeper.config import ConfigError, Settings, load_settings
-from sweeper.daemon import Daemon, StartupError
+from sweeper.config import Settings, load_settings
+from sweeper.daemon import Daemon
 from sweeper.domain import Secret
+from sweeper.errors import ConfigError, StartupError
 from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger
 from sweeper.provider import ProviderCallback, ProviderUnavailable, SignedForm

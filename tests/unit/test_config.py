@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sweeper.cli import main
-from sweeper.config import ConfigError, load_settings, parse_hd_indexes
+from sweeper.config import load_settings, parse_hd_indexes
+from sweeper.errors import ConfigError
 from tests.conftest import REPO
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
