@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sweeper.chain import TronChain
 from sweeper.config import Settings
-from sweeper.provider import ProviderClient
+from sweeper.provider.client import ProviderClient
 
 
 def chain_from(settings: Settings, *, max_connections: int = 16) -> TronChain:

@@ -3,19 +3,26 @@
 Every problem is reported as `<file>: <key>: <problem>`, all of them at once, and the CLI exits 2.
 Secrets never live in the file: it names environment variables (or a keyfile) that hold them, and
 their values are wrapped in `Secret` so they cannot leak through a repr or a log line.
+
+Each key is declared once, as a field of its table's dataclass below (`key(kind, default)`): the
+schema, the defaults, the typed construction and `config check`'s output are all read from those
+fields, in their order. Fields that are not keys (`secret(...)`, `derived(...)`) are filled in by
+`load_settings`, which says how.
 """
 
+# ruff: noqa: RUF009  (the field defaults below are key()/secret()/derived(): dataclasses.field calls)
 from __future__ import annotations
 
 import difflib
 import itertools
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, get_type_hints
 from urllib.parse import urlparse
 
 from sweeper.domain import (
@@ -33,94 +40,158 @@ SUN_PER_TRX = 1_000_000
 MAX_HD_ADDRESSES = 10_000_000
 
 
+class KeySource(StrEnum):
+    """`[keys] source`: where the deposit addresses' private keys come from."""
+
+    MNEMONIC = "mnemonic"
+    KEYFILE = "keyfile"
+
+
+class DetectMode(StrEnum):
+    """`[detect] mode`: the values this version accepts ("follow" and "both" are refused with a
+    message until block following arrives: see `DetectSettings.mode`)."""
+
+    POLL = "poll"
+
+
+# --- declaring keys ----------------------------------------------------------------------------
+
+Kind = str | type[StrEnum]  # a check in `_check`, or the enum of the values a key accepts
+_REQUIRED: Final = object()  # the "default" of a key the file must give
+
+
+def key(
+    kind: Kind,
+    default: Any = _REQUIRED,
+    *,
+    refused: Mapping[str, str] | None = None,
+    show: Callable[[Any], dict[str, Any]] | None = None,
+) -> Any:
+    """A config key named as the field: its check, its default as the file would spell it (none =
+    required; the default is checked like a value from the file), values it knows but refuses (value
+    -> why), and how `config check` shows it (default: by its kind)."""
+    metadata = {"kind": kind, "default": default, "refused": refused or {}}
+    return field(metadata=metadata if show is None else {**metadata, "show": show})
+
+
+def secret(env_key: str, *, used_if: tuple[str, object] | None = None) -> Any:
+    """Not a key: the value of the environment variable that `env_key` names, loaded by
+    `load_settings(secrets=True)` (only when the field `used_if[0]` equals `used_if[1]`); masked."""
+    return field(default=None, metadata={"secret_of": env_key, "used_if": used_if})
+
+
+def derived(*, default: Any = MISSING, show: Callable[[Any], dict[str, Any]] | None = None) -> Any:
+    """Not a key: computed from the keys by `load_settings`; `config check` shows `show(table)`."""
+    return field(default=default, metadata={"show": show or (lambda _: {})})
+
+
 # --- settings ----------------------------------------------------------------------------------
+# One dataclass per table. Its keys are in contract.md's order and `config check` prints the fields
+# in their order; kw_only lets a secret or a derived value sit next to the key it comes from.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatabaseSettings:
-    url: str
+    url: str = key("db_url", "sqlite:///sweeper.db")  # a relative SQLite path becomes absolute
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TronSettings:
-    node_url: str
-    api_key_env: str | None
-    requests_per_second: float
-    api_key: Secret | None = None
+    node_url: str = key("http_url", "https://api.trongrid.io")
+    api_key_env: str | None = key("env_name_optional", "")
+    api_key: Secret | None = secret("api_key_env")
+    requests_per_second: float = key("pos_number", 10)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProviderSettings:
-    base_url: str
-    api_key_env: str
-    api_secret_env: str
-    scene: int
-    callback_url: str
-    api_key: Secret | None = None
-    api_secret: Secret | None = None
+    base_url: str = key("http_url", "https://itrx.io")
+    api_key_env: str = key("env_name", "SWEEPER_PROVIDER_API_KEY")
+    api_key: Secret | None = secret("api_key_env")
+    api_secret_env: str = key("env_name", "SWEEPER_PROVIDER_API_SECRET")
+    api_secret: Secret | None = secret("api_secret_env")
+    scene: int = key("nonneg_int", 0)
+    callback_url: str = key("http_url_or_empty", "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallbackSettings:
-    listen: str
-    host: str
-    port: int
-    max_age_seconds: int
+    listen: str = key("host_port", "127.0.0.1:8088")
+    host: str = derived()  # from listen
+    port: int = derived()  # from listen
+    max_age_seconds: int = key("pos_int", 3600)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KeysSettings:
-    source: str  # "mnemonic" | "keyfile"
-    mnemonic_env: str
-    keyfile: Path | None
-    mnemonic: Secret | None = None
-    keyfile_keys: Mapping[str, Secret] | None = None
+    source: KeySource = key(KeySource, "mnemonic")
+    mnemonic_env: str = key("env_name", "SWEEPER_MNEMONIC")
+    mnemonic: Secret | None = secret("mnemonic_env", used_if=("source", KeySource.MNEMONIC))
+    keyfile: Path | None = key("path", "")  # relative to the config file
+    keyfile_keys: Mapping[str, Secret] | None = derived(
+        default=None, show=lambda t: {"keyfile_addresses": len(t.keyfile_keys or {})}
+    )  # read from the keyfile (with secrets=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AddressesSettings:
-    hd_indexes: tuple[range, ...]
-    file: Path | None
-    file_addresses: tuple[str, ...] = ()
+    hd_indexes: tuple[range, ...] = key(
+        "hd_indexes",
+        "",
+        show=lambda t: {
+            "hd_indexes": ",".join(_format_range(r) for r in t.hd_indexes),
+            "hd_index_count": t.hd_index_count(),
+        },
+    )
+    file: Path | None = key("path", "")  # relative to the config file
+    file_addresses: tuple[str, ...] = derived(
+        default=(), show=lambda t: {"file_addresses": len(t.file_addresses)}
+    )  # read from the file
 
     def hd_index_count(self) -> int:
         return sum(len(r) for r in self.hd_indexes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WalletSettings:
-    destination: str
+    destination: str = key("address")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScheduleSettings:
-    scan_interval_seconds: int
-    work_interval_seconds: int
+    scan_interval_seconds: int = key("pos_int", 300)
+    work_interval_seconds: int = key("pos_int", 5)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DetectSettings:
-    mode: str
-    reconcile_interval_seconds: int
+    mode: DetectMode = key(
+        DetectMode,
+        "poll",
+        refused=dict.fromkeys(
+            ("follow", "both"), 'arrives with block following; this version supports "poll"'
+        ),
+    )
+    reconcile_interval_seconds: int = key("pos_int", 86400)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
-    concurrency: int
-    max_attempts: int
-    order_timeout_seconds: int
-    energy_ready_timeout_seconds: int
-    stuck_alert_seconds: int
-    lease_seconds: int
+    concurrency: int = key("pos_int", 16)
+    max_attempts: int = key("pos_int", 5)
+    order_timeout_seconds: int = key("pos_int", 900)
+    energy_ready_timeout_seconds: int = key("pos_int", 600)
+    stuck_alert_seconds: int = key("pos_int", 1800)
+    lease_seconds: int = key("pos_int", 60)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SafetySettings:
-    max_daily_spend_trx: Decimal
-    max_cost_per_sweep_trx: Decimal
+    max_daily_spend_trx: Decimal = key("pos_decimal", "500")
+    max_cost_per_sweep_trx: Decimal = key("pos_decimal", "10")
     # The fee_limit of a sweep transfer (measured energy × getEnergyFee + margin) never exceeds this:
     # it bounds the TRX a transfer could burn from the deposit address if the energy were gone.
-    max_fee_limit_trx: Decimal = Decimal("30")
+    max_fee_limit_trx: Decimal = key("pos_decimal", "30")
 
     @property
     def max_fee_limit_sun(self) -> int:
@@ -135,12 +206,14 @@ class SafetySettings:
         return to_base_units(self.max_cost_per_sweep_trx, 6)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenSettings:
-    symbol: str
-    contract: str
-    decimals: int
-    min_sweep: Decimal
+    """One `[[tokens]]` table; every key is required."""
+
+    symbol: str = key("symbol")
+    contract: str = key("address")
+    decimals: int = key("decimals")
+    min_sweep: Decimal = key("pos_decimal")
 
     @property
     def min_sweep_base_units(self) -> int:
@@ -172,7 +245,7 @@ class Settings:
 
     def secret_values(self) -> list[str]:
         """Every secret value in force, for the log processor that masks them."""
-        found = [self.tron.api_key, self.provider.api_key, self.provider.api_secret, self.keys.mnemonic]
+        found = [getattr(getattr(self, t), f.name) for t, f in _secret_fields()]
         values = [s.reveal() for s in found if s]
         if self.keys.keyfile_keys:
             values.extend(k.reveal() for k in self.keys.keyfile_keys.values())
@@ -180,79 +253,42 @@ class Settings:
 
     def to_public_dict(self) -> dict[str, Any]:
         """The effective config as TOML-shaped data, secrets masked (`sweeper config check`)."""
+        document = {name: self._public(getattr(self, name)) for name in _TABLES}
+        return {**document, "tokens": [self._public(t) for t in self.tokens]}
 
-        def mask(secret: Secret | None, env: str | None) -> str:
-            if not env:
-                return "(not configured)"
-            if not self.secrets_loaded:
-                return f"(from ${env}, not read)"
-            return f"*** (from ${env})" if secret else f"(${env} not set)"
+    def _public(self, table: Any) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
+        for f in fields(table):
+            value, meta = getattr(table, f.name), f.metadata
+            if "show" in meta:
+                shown.update(meta["show"](table))
+            elif "secret_of" in meta:
+                env, used_if = getattr(table, meta["secret_of"]), meta["used_if"]
+                if used_if is not None and getattr(table, used_if[0]) != used_if[1]:
+                    shown[f.name] = "(not used)"
+                elif not env:
+                    shown[f.name] = "(not configured)"
+                elif not self.secrets_loaded:
+                    shown[f.name] = f"(from ${env}, not read)"
+                else:
+                    shown[f.name] = f"*** (from ${env})" if value else f"(${env} not set)"
+            else:
+                shown[f.name] = _show(meta["kind"], value)
+        return shown
 
-        return {
-            "database": {"url": _mask_url_password(self.database.url)},
-            "tron": {
-                "node_url": self.tron.node_url,
-                "api_key_env": self.tron.api_key_env or "",
-                "api_key": mask(self.tron.api_key, self.tron.api_key_env),
-                "requests_per_second": self.tron.requests_per_second,
-            },
-            "provider": {
-                "base_url": self.provider.base_url,
-                "api_key_env": self.provider.api_key_env,
-                "api_key": mask(self.provider.api_key, self.provider.api_key_env),
-                "api_secret_env": self.provider.api_secret_env,
-                "api_secret": mask(self.provider.api_secret, self.provider.api_secret_env),
-                "scene": self.provider.scene,
-                "callback_url": self.provider.callback_url,
-            },
-            "callback": {"listen": self.callback.listen, "max_age_seconds": self.callback.max_age_seconds},
-            "keys": {
-                "source": self.keys.source,
-                "mnemonic_env": self.keys.mnemonic_env,
-                "mnemonic": mask(self.keys.mnemonic, self.keys.mnemonic_env)
-                if self.keys.source == "mnemonic"
-                else "(not used)",
-                "keyfile": str(self.keys.keyfile) if self.keys.keyfile else "",
-                "keyfile_addresses": len(self.keys.keyfile_keys or {}),
-            },
-            "addresses": {
-                "hd_indexes": ",".join(_format_range(r) for r in self.addresses.hd_indexes),
-                "hd_index_count": self.addresses.hd_index_count(),
-                "file": str(self.addresses.file) if self.addresses.file else "",
-                "file_addresses": len(self.addresses.file_addresses),
-            },
-            "wallet": {"destination": self.wallet.destination},
-            "schedule": {
-                "scan_interval_seconds": self.schedule.scan_interval_seconds,
-                "work_interval_seconds": self.schedule.work_interval_seconds,
-            },
-            "detect": {
-                "mode": self.detect.mode,
-                "reconcile_interval_seconds": self.detect.reconcile_interval_seconds,
-            },
-            "pipeline": {
-                "concurrency": self.pipeline.concurrency,
-                "max_attempts": self.pipeline.max_attempts,
-                "order_timeout_seconds": self.pipeline.order_timeout_seconds,
-                "energy_ready_timeout_seconds": self.pipeline.energy_ready_timeout_seconds,
-                "stuck_alert_seconds": self.pipeline.stuck_alert_seconds,
-                "lease_seconds": self.pipeline.lease_seconds,
-            },
-            "safety": {
-                "max_daily_spend_trx": str(self.safety.max_daily_spend_trx),
-                "max_cost_per_sweep_trx": str(self.safety.max_cost_per_sweep_trx),
-                "max_fee_limit_trx": str(self.safety.max_fee_limit_trx),
-            },
-            "tokens": [
-                {
-                    "symbol": t.symbol,
-                    "contract": t.contract,
-                    "decimals": t.decimals,
-                    "min_sweep": str(t.min_sweep),
-                }
-                for t in self.tokens
-            ],
-        }
+
+def _show(kind: Kind, value: Any) -> Any:
+    """A key's typed value as `config check` prints it."""
+    if isinstance(kind, type):
+        return value.value  # an enum member: its plain string
+    match kind:
+        case "db_url":
+            return _mask_url_password(value)
+        case "env_name_optional" | "path":
+            return str(value) if value else ""
+        case "pos_decimal":
+            return str(value)
+    return value
 
 
 def _mask_url_password(url: str) -> str:
@@ -266,67 +302,23 @@ def _format_range(r: range) -> str:
     return str(r.start) if len(r) == 1 else f"{r.start}-{r.stop - 1}"
 
 
-# --- the schema --------------------------------------------------------------------------------
+# --- the schema, read from the dataclasses -----------------------------------------------------
 
-# Tables and their keys, in contract.md's order; the value says which check applies.
-_SCHEMA: dict[str, dict[str, str]] = {
-    "database": {"url": "db_url"},
-    "tron": {"node_url": "http_url", "api_key_env": "env_name_optional", "requests_per_second": "pos_number"},
-    "provider": {
-        "base_url": "http_url",
-        "api_key_env": "env_name",
-        "api_secret_env": "env_name",
-        "scene": "nonneg_int",
-        "callback_url": "http_url_or_empty",
-    },
-    "callback": {"listen": "host_port", "max_age_seconds": "pos_int"},
-    "keys": {"source": "key_source", "mnemonic_env": "env_name", "keyfile": "path"},
-    "addresses": {"hd_indexes": "hd_indexes", "file": "path"},
-    "wallet": {"destination": "address"},
-    "schedule": {"scan_interval_seconds": "pos_int", "work_interval_seconds": "pos_int"},
-    "detect": {"mode": "detect_mode", "reconcile_interval_seconds": "pos_int"},
-    "pipeline": {
-        "concurrency": "pos_int",
-        "max_attempts": "pos_int",
-        "order_timeout_seconds": "pos_int",
-        "energy_ready_timeout_seconds": "pos_int",
-        "stuck_alert_seconds": "pos_int",
-        "lease_seconds": "pos_int",
-    },
-    "safety": {
-        "max_daily_spend_trx": "pos_decimal",
-        "max_cost_per_sweep_trx": "pos_decimal",
-        "max_fee_limit_trx": "pos_decimal",
-    },
+# The tables (`[database]` … `[safety]`) in contract.md's order, by their field in Settings.
+_TABLES: Final[dict[str, type]] = {
+    name: hint
+    for name, hint in get_type_hints(Settings).items()
+    if isinstance(hint, type) and is_dataclass(hint)
 }
-_TOKEN_KEYS = {"symbol": "symbol", "contract": "address", "decimals": "decimals", "min_sweep": "pos_decimal"}
 
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "database": {"url": "sqlite:///sweeper.db"},
-    "tron": {"node_url": "https://api.trongrid.io", "api_key_env": "", "requests_per_second": 10},
-    "provider": {
-        "base_url": "https://itrx.io",
-        "api_key_env": "SWEEPER_PROVIDER_API_KEY",
-        "api_secret_env": "SWEEPER_PROVIDER_API_SECRET",
-        "scene": 0,
-        "callback_url": "",
-    },
-    "callback": {"listen": "127.0.0.1:8088", "max_age_seconds": 3600},
-    "keys": {"source": "mnemonic", "mnemonic_env": "SWEEPER_MNEMONIC", "keyfile": ""},
-    "addresses": {"hd_indexes": "", "file": ""},
-    "wallet": {},  # destination is required
-    "schedule": {"scan_interval_seconds": 300, "work_interval_seconds": 5},
-    "detect": {"mode": "poll", "reconcile_interval_seconds": 86400},
-    "pipeline": {
-        "concurrency": 16,
-        "max_attempts": 5,
-        "order_timeout_seconds": 900,
-        "energy_ready_timeout_seconds": 600,
-        "stuck_alert_seconds": 1800,
-        "lease_seconds": 60,
-    },
-    "safety": {"max_daily_spend_trx": "500", "max_cost_per_sweep_trx": "10", "max_fee_limit_trx": "30"},
-}
+
+def _keys(table: type) -> list[Field[Any]]:
+    """The fields of a table that are config keys, in order."""
+    return [f for f in fields(table) if "kind" in f.metadata]
+
+
+def _secret_fields() -> list[tuple[str, Field[Any]]]:
+    return [(t, f) for t, cls in _TABLES.items() for f in fields(cls) if "secret_of" in f.metadata]
 
 
 class _Problems:
@@ -382,7 +374,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def _check(kind: str, value: Any, key: str, problems: _Problems) -> Any:
+def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mapping[str, str]) -> Any:
     """Validate one value by its kind; return the typed value, or None after recording a problem."""
 
     def bad(problem: str) -> None:
@@ -390,10 +382,18 @@ def _check(kind: str, value: Any, key: str, problems: _Problems) -> Any:
 
     str_kinds = {
         "db_url", "http_url", "http_url_or_empty", "env_name", "env_name_optional", "host_port",
-        "key_source", "path", "hd_indexes", "address", "detect_mode", "symbol",
+        "path", "hd_indexes", "address", "symbol",
     }  # fmt: skip
-    if kind in str_kinds and not isinstance(value, str):
+    if (isinstance(kind, type) or kind in str_kinds) and not isinstance(value, str):
         return bad(f"expected a string, got {_type_name(value)}")
+    if isinstance(value, str) and value in refused:
+        return bad(f"{value!r} {refused[value]}")
+    if isinstance(kind, type):  # an enum: one of its values
+        try:
+            return kind(value)
+        except ValueError:
+            expected = " or ".join(f'"{member}"' for member in kind)
+            return bad(f"{value!r}: expected {expected}")
     if kind in {"pos_int", "nonneg_int", "decimals"} and (
         isinstance(value, bool) or not isinstance(value, int)
     ):
@@ -438,18 +438,6 @@ def _check(kind: str, value: Any, key: str, problems: _Problems) -> Any:
             except ValueError as exc:
                 return bad(str(exc))
             return value
-        case "key_source":
-            return (
-                value
-                if value in ("mnemonic", "keyfile")
-                else bad(f'{value!r}: expected "mnemonic" or "keyfile"')
-            )
-        case "detect_mode":
-            if value == "poll":
-                return value
-            if value in ("follow", "both"):
-                return bad(f'{value!r} arrives with block following; this version supports "poll"')
-            return bad(f'{value!r}: expected "poll"')
         case "path":
             return Path(value) if value else None
         case "hd_indexes":
@@ -488,6 +476,26 @@ def read_address_file(path: Path, problems: _Problems, key: str) -> tuple[str, .
     return tuple(found)
 
 
+def _check_table(table: type, given: Mapping[str, Any], prefix: str, problems: _Problems) -> dict[str, Any]:
+    """Every key of `table`: unknown keys, defaults, required keys, each value checked and typed
+    (None for a value with a problem)."""
+    keys = _keys(table)
+    names = [f.name for f in keys]
+    for name in given:
+        if name not in names:
+            problems.add(f"{prefix}.{name}", f"unknown key{_suggest(name, names)}")
+    typed: dict[str, Any] = {}
+    for f in keys:
+        value = given.get(f.name, f.metadata["default"])
+        if value is _REQUIRED:
+            problems.add(f"{prefix}.{f.name}", "required key is missing")
+            typed[f.name] = None
+        else:
+            kind, refused = f.metadata["kind"], f.metadata["refused"]
+            typed[f.name] = _check(kind, value, f"{prefix}.{f.name}", problems, refused)
+    return typed
+
+
 def load_settings(
     path: Path | str, *, environ: Mapping[str, str] | None = None, secrets: bool = True
 ) -> Settings:
@@ -509,27 +517,15 @@ def load_settings(
         raise ConfigError([f"{path}: malformed TOML: {exc}"]) from None
 
     values: dict[str, dict[str, Any]] = {}
-    for table, keys in _SCHEMA.items():
+    for table, cls in _TABLES.items():
         given = raw.get(table, {})
         if not isinstance(given, dict):
             problems.add(table, f"expected a table [{table}], got {_type_name(given)}")
             given = {}
-        merged = dict(_DEFAULTS[table])
-        for key, value in given.items():
-            if key not in keys:
-                problems.add(f"{table}.{key}", f"unknown key{_suggest(key, list(keys))}")
-                continue
-            merged[key] = value
-        values[table] = {}
-        for key, kind in keys.items():
-            if key not in merged:
-                problems.add(f"{table}.{key}", "required key is missing")
-                values[table][key] = None
-                continue
-            values[table][key] = _check(kind, merged[key], f"{table}.{key}", problems)
+        values[table] = _check_table(cls, given, table, problems)
     for table in raw:
-        if table not in _SCHEMA and table != "tokens":
-            problems.add(table, f"unknown table{_suggest(table, [*_SCHEMA, 'tokens'])}")
+        if table not in _TABLES and table != "tokens":
+            problems.add(table, f"unknown table{_suggest(table, [*_TABLES, 'tokens'])}")
 
     tokens: list[TokenSettings] = []
     raw_tokens = raw.get("tokens")
@@ -539,23 +535,13 @@ def load_settings(
         problems.add("tokens", "expected an array of tables [[tokens]]")
     else:
         for i, item in enumerate(raw_tokens):
-            prefix = f"tokens[{i}]"
-            typed: dict[str, Any] = {}
-            for key in item:
-                if key not in _TOKEN_KEYS:
-                    problems.add(f"{prefix}.{key}", f"unknown key{_suggest(key, list(_TOKEN_KEYS))}")
-            for key, kind in _TOKEN_KEYS.items():
-                if key not in item:
-                    problems.add(f"{prefix}.{key}", "required key is missing")
-                    typed[key] = None
-                else:
-                    typed[key] = _check(kind, item[key], f"{prefix}.{key}", problems)
+            typed = _check_table(TokenSettings, item, f"tokens[{i}]", problems)
             if None in typed.values():
                 continue
             try:
                 to_base_units(typed["min_sweep"], typed["decimals"])
             except InvalidAmount as exc:
-                problems.add(f"{prefix}.min_sweep", str(exc))
+                problems.add(f"tokens[{i}].min_sweep", str(exc))
                 continue
             tokens.append(TokenSettings(**typed))
         symbols = [t.symbol for t in tokens]
@@ -570,10 +556,10 @@ def load_settings(
     keys_v, addr_v = values["keys"], values["addresses"]
     keyfile = _relative(base, keys_v["keyfile"])
     address_file = _relative(base, addr_v["file"])
-    if keys_v["source"] == "keyfile" and keyfile is None:
+    if keys_v["source"] == KeySource.KEYFILE and keyfile is None:
         problems.add("keys.keyfile", 'required when keys.source = "keyfile"')
     file_addresses = read_address_file(address_file, problems, "addresses.file") if address_file else ()
-    if addr_v["hd_indexes"] and keys_v["source"] != "mnemonic":
+    if addr_v["hd_indexes"] and keys_v["source"] != KeySource.MNEMONIC:
         problems.add(
             "addresses.hd_indexes", 'needs keys.source = "mnemonic" (derived addresses need the words)'
         )
@@ -584,25 +570,20 @@ def load_settings(
         if destination and token.contract == destination:
             problems.add("wallet.destination", f"{destination} is the contract of token {token.symbol}")
 
-    # Secrets: named, never inline.
-    secret_values: dict[str, Secret | None] = {}
+    # Secrets: named, never inline. Each `secret(...)` field, from the variable its key names.
+    loaded: dict[str, dict[str, Secret | None]] = {table: {} for table in _TABLES}
     keyfile_keys: dict[str, Secret] | None = None
     if secrets:
-        wanted = [
-            ("tron.api_key_env", values["tron"]["api_key_env"]),
-            ("provider.api_key_env", values["provider"]["api_key_env"]),
-            ("provider.api_secret_env", values["provider"]["api_secret_env"]),
-        ]
-        if keys_v["source"] == "mnemonic":
-            wanted.append(("keys.mnemonic_env", keys_v["mnemonic_env"]))
-        for key, env_name in wanted:
-            if not env_name:
+        for table, f in _secret_fields():
+            env_key, used_if = f.metadata["secret_of"], f.metadata["used_if"]
+            env_name = values[table][env_key]
+            if not env_name or (used_if is not None and values[table][used_if[0]] != used_if[1]):
                 continue
-            value = env.get(env_name, "")
-            if not value.strip():
-                problems.add(key, f"environment variable {env_name} is not set or empty")
-            secret_values[key] = Secret(value.strip()) if value.strip() else None
-        if keys_v["source"] == "keyfile" and keyfile is not None:
+            value = env.get(env_name, "").strip()
+            if not value:
+                problems.add(f"{table}.{env_key}", f"environment variable {env_name} is not set or empty")
+            loaded[table][f.name] = Secret(value) if value else None
+        if keys_v["source"] == KeySource.KEYFILE and keyfile is not None:
             from sweeper.errors import KeySourceError
             from sweeper.keys import load_keyfile  # keys imports domain only
 
@@ -619,40 +600,20 @@ def load_settings(
     if problems.items:
         raise ConfigError(problems.items)
 
-    listen_host, listen_port = parse_host_port(values["callback"]["listen"])
-    return Settings(
-        path=path,
-        database=DatabaseSettings(url=_sqlite_relative(base, values["database"]["url"])),
-        tron=TronSettings(**values["tron"], api_key=secret_values.get("tron.api_key_env")),
-        provider=ProviderSettings(
-            **values["provider"],
-            api_key=secret_values.get("provider.api_key_env"),
-            api_secret=secret_values.get("provider.api_secret_env"),
-        ),
-        callback=CallbackSettings(
-            listen=values["callback"]["listen"],
-            host=listen_host,
-            port=listen_port,
-            max_age_seconds=values["callback"]["max_age_seconds"],
-        ),
-        keys=KeysSettings(
-            source=keys_v["source"],
-            mnemonic_env=keys_v["mnemonic_env"],
-            keyfile=keyfile,
-            mnemonic=secret_values.get("keys.mnemonic_env"),
-            keyfile_keys=keyfile_keys,
-        ),
-        addresses=AddressesSettings(
-            hd_indexes=addr_v["hd_indexes"], file=address_file, file_addresses=file_addresses
-        ),
-        wallet=WalletSettings(destination=destination),
-        schedule=ScheduleSettings(**values["schedule"]),
-        detect=DetectSettings(**values["detect"]),
-        pipeline=PipelineSettings(**values["pipeline"]),
-        safety=SafetySettings(**values["safety"]),
-        tokens=tuple(tokens),
-        secrets_loaded=secrets,
-    )
+    # What is not a key, or not a key's value as checked: paths relative to the config file, the
+    # listen address split, the addresses the keyfile and the address file hold.
+    host, port = parse_host_port(values["callback"]["listen"])
+    derived_values: dict[str, dict[str, Any]] = {
+        "database": {"url": _sqlite_relative(base, values["database"]["url"])},
+        "callback": {"host": host, "port": port},
+        "keys": {"keyfile": keyfile, "keyfile_keys": keyfile_keys},
+        "addresses": {"file": address_file, "file_addresses": file_addresses},
+    }
+    tables = {
+        table: cls(**{**values[table], **loaded[table], **derived_values.get(table, {})})
+        for table, cls in _TABLES.items()
+    }
+    return Settings(path=path, **tables, tokens=tuple(tokens), secrets_loaded=secrets)
 
 
 def _relative(base: Path, path: Path | None) -> Path | None:

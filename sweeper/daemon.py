@@ -25,24 +25,22 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
 from sweeper import notify
+from sweeper.addresses import AddressConfigProblem, sync_addresses, watched_address_problems
 from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
 from sweeper.config import Settings, load_settings
 from sweeper.domain import Clock, utcnow
-from sweeper.errors import ConfigError, StartupError
+from sweeper.errors import ConfigError, ProviderError, StartupError
+from sweeper.keys import Keys
 from sweeper.ledger import Ledger
 from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
 from sweeper.logs import configure_logging
 from sweeper.metrics import Metrics
-from sweeper.pipeline import Keys, Pipeline, PipelineOptions, worker_name
-from sweeper.provider import (
-    CallbackRejected,
-    ProviderAuthError,
-    ProviderCallback,
-    ProviderClient,
-    ProviderError,
-)
-from sweeper.scanner import AddressConfigProblem, ScanError, Scanner, sync_addresses, watched_address_problems
+from sweeper.pipeline import Pipeline, PipelineOptions, worker_name
+from sweeper.provider.callbacks import CallbackRejected, ProviderCallback
+from sweeper.provider.client import ProviderClient
+from sweeper.provider.errors import ProviderAuthError
+from sweeper.scanner import SCAN_CONCURRENCY, ScanError, Scanner
 
 log = structlog.get_logger("sweeper.daemon")
 
@@ -50,7 +48,6 @@ STOP_GRACE_SECONDS = 6.0  # of the 10 s an operator (and systemd) may wait; the 
 LISTENER_STOP_SECONDS = 3.0  # requests in flight (a callback, a health check) may finish meanwhile
 HOUSEKEEPING_SECONDS = 15.0
 CLOCK_SKEW_WARN_SECONDS = 15.0
-SCAN_CONCURRENCY = 16
 
 
 class _SkipOverlapNotice(logging.Filter):
@@ -100,12 +97,11 @@ class Daemon:
         self.metrics.before_render.append(self._update_live_metrics)
         self.provider_status = ProviderStatus()
         self.scanner = Scanner(ledger, self.chain, settings.tokens, concurrency=SCAN_CONCURRENCY)
-        self.pipeline = Pipeline(
+        self.pipeline = Pipeline.from_settings(
+            settings,
             ledger,
-            self.provider,
-            self.chain,
-            Keys.from_settings(settings, ledger),
-            PipelineOptions.from_settings(settings),
+            chain=self.chain,
+            provider=self.provider,
             worker_id=self.worker_id,
             clock=clock,
             dry_run=dry_run,

@@ -67,6 +67,15 @@ class IllegalTransition(LedgerError):
     """A transition the state machine does not allow, or a row no longer in the expected state."""
 
 
+def check_transition(source: SweepState | None, target: SweepState, *, subject: str = "sweep") -> None:
+    """Raise IllegalTransition unless `source -> target` is in TRANSITIONS. Every state the ledger
+    writes (birth, claim, transition, retry) passes here first; the database's trigger (migration
+    0007) refuses the same pairs whatever code path writes them."""
+    if not is_legal(source, target):
+        name = "(none)" if source is None else source.value
+        raise IllegalTransition(f"{subject}: {name} -> {target.value} is not allowed")
+
+
 # --- time --------------------------------------------------------------------------------------
 
 Clock = Callable[[], datetime]

@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins
 from tronpy.exceptions import BadKey
@@ -19,6 +19,9 @@ from tronpy.keys import PrivateKey
 
 from sweeper.domain import InvalidAddress, Secret, check_tron_address
 from sweeper.errors import KeySourceError
+
+if TYPE_CHECKING:
+    from sweeper.config import Settings
 
 
 class HdWallet:
@@ -215,3 +218,46 @@ class KeyRing:
 
     def __repr__(self) -> str:
         return f"KeyRing({len(self)} addresses, keys=***)"
+
+
+# --- the keys of the deposit addresses ------------------------------------------------------------
+
+
+class _IndexedAddress(Protocol):
+    @property
+    def hd_index(self) -> int | None: ...
+
+
+class AddressBook(Protocol):
+    """Where a deposit address's HD index is found (the ledger)."""
+
+    def deposit_address(self, address: str) -> _IndexedAddress | None: ...
+
+
+class Keys:
+    """Signing keys for deposit addresses: keyfile entries, and HD keys derived on demand from the
+    index the ledger holds for the address (the key's own address is checked before any use)."""
+
+    def __init__(
+        self, ledger: AddressBook, wallet: HdWallet | None, keyfile: dict[str, Any] | None = None
+    ) -> None:
+        self._ledger = ledger
+        self._wallet = wallet
+        self._ring = KeyRing()
+        if keyfile:
+            self._ring.add_keyfile(dict(keyfile))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ledger: AddressBook) -> Keys:
+        wallet = HdWallet(settings.keys.mnemonic) if settings.keys.mnemonic is not None else None
+        return cls(ledger, wallet, dict(settings.keys.keyfile_keys or {}))
+
+    def key_for(self, address: str) -> SigningKey:
+        if address not in self._ring and self._wallet is not None:
+            record = self._ledger.deposit_address(address)
+            if record is not None and record.hd_index is not None:
+                self._ring.add_hd(self._wallet, record.hd_index, address)
+        return self._ring.key_for(address)
+
+    def __repr__(self) -> str:
+        return "Keys(***)"

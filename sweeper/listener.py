@@ -37,7 +37,7 @@ from sweeper.metrics import (
     CONTENT_TYPE,
     Metrics,
 )
-from sweeper.provider import CallbackRejected, ProviderCallback, RejectionReason
+from sweeper.provider.callbacks import CallbackRejected, ProviderCallback, RejectionReason
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from sweeper.ledger.queries import StuckSweeps, last_completed_scan, stuck_sweep
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 # The `result` label of sweeper_callbacks_total, besides the verifier's rejection reasons
-# (`sweeper.provider.RejectionReason` values: bad_signature, stale_timestamp, …).
+# (`sweeper.provider.callbacks.RejectionReason` values: bad_signature, stale_timestamp, …).
 CALLBACK_HINTED: Final = "hinted"  # verified, and it matched an open sweep
 CALLBACK_UNMATCHED: Final = "unmatched"  # verified, no open sweep matched (logged, still 200)
 CALLBACK_TOO_LARGE: Final = "too_large"  # body over the limit (413)

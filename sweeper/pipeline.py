@@ -49,26 +49,26 @@ from sweeper.chain import (
     SignedTransfer,
     Simulation,
     TransactionExpired,
-    TronChain,
     TxState,
     UnsafeTransaction,
 )
 from sweeper.config import Settings, TokenSettings
 from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
-from sweeper.errors import KeySourceError
-from sweeper.keys import HdWallet, KeyRing, SigningKey
+from sweeper.errors import KeySourceError, ProviderError
+from sweeper.keys import Keys
 from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
-from sweeper.provider import (
-    COLLECT_MANUAL_ENERGY_TO_HOLDER,
-    COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER,
+from sweeper.protocols import EnergyProvider, SweepChain
+from sweeper.provider.errors import (
     InsufficientProviderBalance,
-    Order,
     OrderOutcomeUnknown,
     OrderRejected,
     ProviderAuthError,
-    ProviderClient,
-    ProviderError,
     ProviderUnavailable,
+)
+from sweeper.provider.models import (
+    COLLECT_MANUAL_ENERGY_TO_HOLDER,
+    COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER,
+    Order,
 )
 from sweeper.retry import SWEEP_BACKOFF, Backoff
 
@@ -147,35 +147,6 @@ class PipelineOptions:
         return cls(**values)
 
 
-class Keys:
-    """Signing keys for deposit addresses: keyfile entries, and HD keys derived on demand from the
-    index the ledger holds for the address (the key's own address is checked before any use)."""
-
-    def __init__(
-        self, ledger: Ledger, wallet: HdWallet | None, keyfile: dict[str, Any] | None = None
-    ) -> None:
-        self._ledger = ledger
-        self._wallet = wallet
-        self._ring = KeyRing()
-        if keyfile:
-            self._ring.add_keyfile(dict(keyfile))
-
-    @classmethod
-    def from_settings(cls, settings: Settings, ledger: Ledger) -> Keys:
-        wallet = HdWallet(settings.keys.mnemonic) if settings.keys.mnemonic is not None else None
-        return cls(ledger, wallet, dict(settings.keys.keyfile_keys or {}))
-
-    def key_for(self, address: str) -> SigningKey:
-        if address not in self._ring and self._wallet is not None:
-            record = self._ledger.deposit_address(address)
-            if record is not None and record.hd_index is not None:
-                self._ring.add_hd(self._wallet, record.hd_index, address)
-        return self._ring.key_for(address)
-
-    def __repr__(self) -> str:
-        return "Keys(***)"
-
-
 class Step(Enum):
     NEXT = "next"  # the row moved on and can take its next step now
     WAIT = "wait"  # released until its next_attempt_at (or final)
@@ -189,8 +160,8 @@ class Pipeline:
     def __init__(
         self,
         ledger: Ledger,
-        provider: ProviderClient,
-        chain: TronChain,
+        provider: EnergyProvider,
+        chain: SweepChain,
         keys: Keys,
         options: PipelineOptions,
         *,
@@ -234,6 +205,30 @@ class Pipeline:
         self.chain_clock_problem: str | None = None  # set while the chain-clock check fails (/healthz)
         self._clock_checked: tuple[float, str | None] | None = None
         self._last_clock_alert: float = float("-inf")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        ledger: Ledger,
+        *,
+        chain: SweepChain,
+        provider: EnergyProvider,
+        worker_id: str | None = None,
+        clock: Clock | None = None,
+        dry_run: bool = False,
+    ) -> Pipeline:
+        """The one place a pipeline is built from the config (`run`, `work` and the demo)."""
+        return cls(
+            ledger,
+            provider,
+            chain,
+            Keys.from_settings(settings, ledger),
+            PipelineOptions.from_settings(settings),
+            worker_id=worker_id or worker_name(),
+            clock=clock,
+            dry_run=dry_run,
+        )
 
     # --- driving ----------------------------------------------------------------------------
 

@@ -5,63 +5,37 @@ addresses), reads balances concurrently under the node client's shared rate limi
 sweep for each (address, token) at or above `min_sweep` that has no open sweep. The partial unique
 index decides races between scanners. Progress is recorded after each page, so a crash mid-pass
 resumes where it stopped instead of starting over.
+
+`scan_once` is `sweeper scan`: sync the configured addresses, one pass, and in a dry run the
+provider's energy price; it returns everything the command prints (`sweeper.render` prints it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
+from sweeper.addresses import sync_addresses
+from sweeper.clients import chain_from, provider_from
 from sweeper.config import Settings, TokenSettings
-from sweeper.errors import RuntimeFailure, UsageError
-from sweeper.keys import HdWallet
-from sweeper.ledger import Ledger, NewAddress
+from sweeper.errors import ChainError, ProviderError, RuntimeFailure
+from sweeper.ledger import Ledger
+from sweeper.protocols import BalanceSource
 
 log = structlog.get_logger("sweeper.scanner")
 
 POLL_SCAN = "poll"
-
-
-class BalanceSource(Protocol):
-    async def token_balance(self, holder: str, token: str) -> int: ...
+# Balance reads in flight. httpcore's pool costs grow with connections x queued requests: past ~16
+# the client's CPU, not the node, limits a pass (benchmarks/scan_bench.py).
+SCAN_CONCURRENCY = 16
 
 
 class ScanError(RuntimeFailure):
     """A pass that could not read every address; progress stops before the failed page."""
-
-
-class AddressConfigProblem(UsageError):
-    """The configured deposit addresses cannot be used as they are (exit 2 on the command line)."""
-
-
-class KeysDoNotMatchLedger(AddressConfigProblem):
-    """The mnemonic derives other addresses than the ledger holds for the same hd indexes."""
-
-
-def watched_address_problems(settings: Settings) -> list[str]:
-    """The destination must not be one of the addresses we sweep from (derived ones included)."""
-    destination = settings.wallet.destination
-    if settings.keys.mnemonic is None or not settings.addresses.hd_indexes:
-        return []
-    from sweeper.errors import KeySourceError
-
-    try:
-        wallet = HdWallet(settings.keys.mnemonic)
-    except KeySourceError as exc:
-        return [f"{settings.path}: keys.mnemonic_env: ${settings.keys.mnemonic_env}: {exc}"]
-    for indexes in settings.addresses.hd_indexes:
-        for index in indexes:
-            if wallet.address(index) == destination:
-                return [
-                    f"{settings.path}: wallet.destination: {destination} is the deposit address at hd index "
-                    f"{index} (addresses.hd_indexes)"
-                ]
-    return []
 
 
 @dataclass(frozen=True)
@@ -87,56 +61,6 @@ class PassReport:
     resumed_after_id: int = 0
     completed: bool = False
     seconds: float = 0.0
-
-
-# --- the configured addresses --------------------------------------------------------------------
-
-
-def configured_addresses(settings: Settings, ledger: Ledger, *, batch: int = 1000) -> Iterator[NewAddress]:
-    """Addresses named by the config that the ledger may not know yet.
-
-    Derived addresses are computed only for hd indexes the ledger does not hold (derivation costs
-    ~0.3 ms each); for the ones it holds, the first and last of each range are re-derived as a
-    tripwire against a changed mnemonic, which would leave us watching addresses we cannot sign for.
-    """
-    if settings.addresses.hd_indexes:
-        if settings.keys.mnemonic is None:
-            raise KeysDoNotMatchLedger("addresses.hd_indexes needs the mnemonic (keys.mnemonic_env)")
-        wallet = HdWallet(settings.keys.mnemonic)
-        for indexes in settings.addresses.hd_indexes:
-            known = ledger.hd_indexes_between(indexes.start, indexes.stop - 1)
-            for index in sorted({min(known, default=-1), max(known, default=-1)} - {-1}):
-                if wallet.address(index) != known[index]:
-                    raise KeysDoNotMatchLedger(
-                        f"hd index {index} derives {wallet.address(index)} but the ledger holds {known[index]}: "
-                        "the mnemonic is not the one this ledger was built with"
-                    )
-            for index in indexes:
-                if index not in known:
-                    yield NewAddress(wallet.address(index), "hd", hd_index=index)
-    for address in settings.addresses.file_addresses:
-        yield NewAddress(address, "file")
-    for address in settings.keys.keyfile_keys or {}:
-        yield NewAddress(address, "keyfile")
-
-
-def _not_the_destination(settings: Settings, addresses: Iterator[NewAddress]) -> Iterator[NewAddress]:
-    # Sweeping the destination into itself would rent energy on every pass, forever.
-    for new in addresses:
-        if new.address == settings.wallet.destination:
-            raise AddressConfigProblem(
-                f"{settings.path}: wallet.destination: {new.address} is also a configured deposit address"
-                f" ({new.source}); refusing to watch it"
-            )
-        yield new
-
-
-def sync_addresses(settings: Settings, ledger: Ledger) -> int:
-    """Upsert the configured deposit addresses; returns how many were new."""
-    added = ledger.upsert_addresses(_not_the_destination(settings, configured_addresses(settings, ledger)))
-    if added:
-        log.info("deposit addresses added", added=added)
-    return added
 
 
 # --- the pass ------------------------------------------------------------------------------------
@@ -278,3 +202,41 @@ class Scanner:
         for failure in failures:
             log.warning("deposit address skipped in this pass; read again next pass", problem=failure[:300])
         report.unreadable += len(failures)
+
+
+# --- `sweeper scan` ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """One `sweeper scan`: everything the command prints."""
+
+    dry_run: bool
+    addresses_added: int
+    scanned: PassReport  # with every candidate above threshold
+    energy_price_sun: int | None = None  # a dry run with candidates: the provider's price, if it answered
+    price_error: str | None = None  # … and why it did not
+
+
+async def scan_once(settings: Settings, ledger: Ledger, *, dry_run: bool) -> ScanReport:
+    """Sync the configured addresses, run one pass (queueing nothing in a dry run) and, in a dry run
+    with candidates, ask the provider for the energy price. A node that fails the pass raises
+    `ScanError` ("scan incomplete: ...", exit 1); a provider that fails the price is reported."""
+    added = await asyncio.to_thread(sync_addresses, settings, ledger)
+    try:
+        async with chain_from(settings) as chain:
+            report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
+                dry_run=dry_run, keep_candidates=True
+            )
+    except (ChainError, ScanError) as exc:
+        raise ScanError(f"scan incomplete: {exc}") from None
+    price_sun: int | None = None
+    price_error = None
+    if dry_run and report.candidates:
+        try:
+            async with provider_from(settings) as provider:
+                quote = await provider.price(to_address=settings.wallet.destination)
+            price_sun = quote.total_price_sun
+        except ProviderError as exc:
+            price_error = str(exc)
+    return ScanReport(dry_run, added, report, price_sun, price_error)

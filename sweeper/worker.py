@@ -17,7 +17,7 @@ from sweeper.config import Settings
 from sweeper.domain import OPEN_STATES
 from sweeper.ledger import Ledger, SqliteLedgerLock
 from sweeper.ledger.db import sqlite_path
-from sweeper.pipeline import Keys, Pipeline, PipelineOptions, worker_name
+from sweeper.pipeline import Pipeline
 
 log = structlog.get_logger("sweeper.worker")
 
@@ -69,15 +69,7 @@ async def work(
     worked = 0
     idle_sleep = min(1.0, float(settings.schedule.work_interval_seconds))
     async with chain_from(settings) as chain, provider_from(settings) as provider:
-        pipeline = Pipeline(
-            ledger,
-            provider,
-            chain,
-            Keys.from_settings(settings, ledger),
-            PipelineOptions.from_settings(settings),
-            worker_id=worker_name(),
-            dry_run=dry_run,
-        )
+        pipeline = Pipeline.from_settings(settings, ledger, chain=chain, provider=provider, dry_run=dry_run)
         log.info("worker started", worker=pipeline.worker_id, until=until.value, dry_run=dry_run)
         while not stop.is_set():
             if deadline is not None and time.monotonic() > deadline:

@@ -2,12 +2,12 @@
 
 from sweeper.errors import LedgerError
 from sweeper.ledger.db import SchemaNotReady, make_engine, require_head, upgrade
-from sweeper.ledger.ledger import (
-    ORDERING_PAUSE,
+from sweeper.ledger.ledger import ORDERING_PAUSE, Ledger, token_pause_name, utc_day
+from sweeper.ledger.lock import LedgerLocked, SqliteLedgerLock
+from sweeper.ledger.records import (
     CooldownRecord,
     DepositAddressRecord,
     HoldRecord,
-    Ledger,
     NewAddress,
     OpenSweepExists,
     PauseRecord,
@@ -17,10 +17,7 @@ from sweeper.ledger.ledger import (
     SweepEventRecord,
     SweepNotFound,
     SweepRecord,
-    token_pause_name,
-    utc_day,
 )
-from sweeper.ledger.lock import LedgerLocked, SqliteLedgerLock
 
 __all__ = [
     "ORDERING_PAUSE",

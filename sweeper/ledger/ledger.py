@@ -8,16 +8,12 @@ means its worker died, and the row is picked up again (a row is claimable at `no
 
 from __future__ import annotations
 
-import base64
 import json
-import re
-import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sweeper.domain import (
@@ -25,7 +21,7 @@ from sweeper.domain import (
     Clock,
     IllegalTransition,
     SweepState,
-    is_legal,
+    check_transition,
 )
 from sweeper.errors import LedgerError
 from sweeper.ledger.clock import DatabaseClock
@@ -40,6 +36,25 @@ from sweeper.ledger.models import (
     ScanProgress,
     Sweep,
     SweepEvent,
+)
+from sweeper.ledger.records import (
+    OUT_TRADE_NO,
+    CooldownRecord,
+    DepositAddressRecord,
+    HoldRecord,
+    NewAddress,
+    OpenSweepExists,
+    PauseRecord,
+    Reservation,
+    ScanPassState,
+    Stats,
+    SweepEventRecord,
+    SweepNotFound,
+    SweepRecord,
+    _hold_record,
+    _pause_record,
+    _scan_state,
+    new_order_nonce,
 )
 
 sweeps = cast(Table, Sweep.__table__)
@@ -79,170 +94,6 @@ MUTABLE_COLUMNS = frozenset(
         "send_attempts", "reverting_since",
     }
 )  # fmt: skip
-
-
-class SweepNotFound(LedgerError):
-    pass
-
-
-class OpenSweepExists(LedgerError):
-    """(address, token) already has an open sweep: the partial unique index said no."""
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    id: int
-    address: str
-    token: str
-    token_contract: str
-    state: SweepState
-    observed_amount: int
-    amount: int
-    destination: str | None
-    serial: str | None
-    scene: int | None
-    cost_sun: int | None
-    provider_balance_sun: int | None
-    txid: str | None
-    signed_tx: str | None
-    expiration: datetime | None
-    attempts: int
-    next_attempt_at: datetime | None
-    order_sent_at: datetime | None
-    order_nonce: str | None
-    energy_needed: int | None
-    charge_sun: int | None
-    charge_day: str | None
-    refund_sun: int | None
-    send_attempts: int
-    first_claimed_at: datetime | None
-    reverting_since: datetime | None
-    claimed_by: str | None
-    lease_until: datetime | None
-    last_error: str | None
-    retry_of: int | None
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Row[Any]) -> SweepRecord:
-        data = dict(row._mapping)
-        data["state"] = SweepState(data["state"])
-        return cls(**data)
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @property
-    def out_trade_no(self) -> str:
-        """The provider's key for this row's one energy order (compared as this exact string)."""
-        return f"{self.id}-{self.order_nonce}" if self.order_nonce else str(self.id)
-
-
-# "<id>-<nonce>" or, for a row made before migration 0005, the bare id.
-OUT_TRADE_NO = re.compile(r"([0-9]{1,18})(?:-([A-Z2-7]{8}))?")
-
-
-def new_order_nonce() -> str:
-    """8 random base32 characters (40 bits): "<row id>-<nonce>" stays within 32 characters."""
-    return base64.b32encode(secrets.token_bytes(5)).decode("ascii")
-
-
-@dataclass(frozen=True)
-class SweepEventRecord:
-    id: int
-    sweep_id: int
-    at: datetime
-    from_state: str | None
-    to_state: str
-    reason: str
-    actor: str | None
-    data: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class DepositAddressRecord:
-    id: int
-    address: str
-    hd_index: int | None
-    label: str | None
-    source: str
-    watched: bool
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class HoldRecord:
-    id: int
-    address: str
-    token: str
-    sweep_id: int | None
-    reason: str
-    held_at: datetime
-    released_at: datetime | None = None
-    released_by: str | None = None
-    release_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class CooldownRecord:
-    address: str
-    token: str
-    failures: int
-    until: datetime
-    last_reason: str
-
-
-@dataclass(frozen=True)
-class PauseRecord:
-    name: str
-    reason: str
-    since: datetime
-    next_check_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """The outcome of `reserve_order`: reserved (and marked sent), or the cap said no."""
-
-    reserved: bool
-    spent_sun: int  # the day's charges (reservations included) before this one
-    day: str
-    paused: str | None = None  # not reserved because ordering is paused (why)
-
-
-@dataclass(frozen=True)
-class NewAddress:
-    address: str
-    source: str  # hd | file | keyfile | import
-    hd_index: int | None = None
-    label: str | None = None
-
-
-@dataclass(frozen=True)
-class ScanPassState:
-    name: str
-    pass_started_at: datetime
-    last_address_id: int
-    addresses_scanned: int
-    sweeps_queued: int
-    completed_at: datetime | None
-
-    @property
-    def resumed(self) -> bool:
-        return self.last_address_id > 0
-
-
-@dataclass(frozen=True)
-class Stats:
-    by_state: dict[str, int]
-    swept_by_token: dict[str, int]  # base units moved by confirmed sweeps
-    energy_cost_sun: int  # provider spend recorded on sweeps
-    addresses: int
-    held: int = 0  # (address, token) pairs held after a paid failure
-    spent_today_sun: int = 0  # charges against today's (UTC) cap, reservations included
-    ordering_paused: str | None = None  # why ordering is paused (a cost anomaly), if it is
 
 
 def utc_day(at: datetime) -> str:
@@ -319,6 +170,7 @@ class Ledger:
         actor: str | None,
         now: datetime,
     ) -> int:
+        check_transition(None, SweepState.QUEUED)
         sweep_id = conn.execute(
             insert(sweeps)
             .values(
@@ -375,8 +227,7 @@ class Ledger:
         if not sources:
             raise IllegalTransition("no source state given")
         for s in sources:
-            if not is_legal(s, target):
-                raise IllegalTransition(f"sweep {sweep_id}: {s.value} -> {target.value} is not allowed")
+            check_transition(s, target, subject=f"sweep {sweep_id}")
         values = dict(changes or {})
         unknown = set(values) - MUTABLE_COLUMNS
         if unknown:
@@ -546,6 +397,9 @@ class Ledger:
                 ids.append(int(row.id))
             if not ids:
                 return []
+            # The same legality check as `transition` (and the database's trigger) for the one
+            # transition a claim makes.
+            check_transition(SweepState.QUEUED, SweepState.ORDERING, subject="claim")
             conn.execute(
                 update(sweeps)
                 .where(sweeps.c.id.in_(ids))
@@ -948,6 +802,7 @@ class Ledger:
                     conn, original.address, original.token, actor, f"retry of sweep {sweep_id}", now,
                     required=False,
                 )  # fmt: skip
+                check_transition(SweepState.QUEUED, SweepState.CANCELLED, subject="superseded by a retry")
                 superseded = (
                     conn.execute(
                         update(sweeps)
@@ -1036,8 +891,8 @@ class Ledger:
                 id=r.id,
                 sweep_id=r.sweep_id,
                 at=r.at,
-                from_state=r.from_state,
-                to_state=r.to_state,
+                from_state=SweepState(r.from_state) if r.from_state is not None else None,
+                to_state=SweepState(r.to_state),
                 reason=r.reason,
                 actor=r.actor,
                 data=json.loads(r.data) if r.data else None,
@@ -1262,35 +1117,6 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).first()
         return _scan_state(row) if row is not None else None
-
-
-def _pause_record(row: Row[Any]) -> PauseRecord:
-    return PauseRecord(row.name, row.reason, row.since, row.next_check_at)
-
-
-def _hold_record(row: Row[Any]) -> HoldRecord:
-    return HoldRecord(
-        id=int(row.id),
-        address=row.address,
-        token=row.token,
-        sweep_id=row.sweep_id,
-        reason=row.reason,
-        held_at=row.held_at,
-        released_at=row.released_at,
-        released_by=row.released_by,
-        release_reason=row.release_reason,
-    )
-
-
-def _scan_state(row: Row[Any]) -> ScanPassState:
-    return ScanPassState(
-        name=row.name,
-        pass_started_at=row.pass_started_at,
-        last_address_id=int(row.last_address_id),
-        addresses_scanned=int(row.addresses_scanned),
-        sweeps_queued=int(row.sweeps_queued),
-        completed_at=row.completed_at,
-    )
 
 
 def _is_open_sweep_conflict(exc: IntegrityError) -> bool:

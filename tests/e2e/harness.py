@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sweeper.domain import FINAL_STATES, Secret, SweepState
-from sweeper.keys import HdWallet
+from sweeper.domain import FINAL_STATES, SweepState
 from sweeper.ledger import Ledger, make_engine
 from sweeper.sandbox.control import SandboxControl
 from tests.conftest import REPO
-
-MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
-WALLET = HdWallet(Secret(MNEMONIC))
-DESTINATION = "TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW"
+from tests.constants import DESTINATION, MNEMONIC
 
 
 @dataclass

@@ -23,9 +23,9 @@ import httpx
 
 from sweeper.domain import SweepState
 from sweeper.ledger.queries import last_completed_scan
+from tests.constants import WALLET
 from tests.e2e.harness import (
     DESTINATION,
-    WALLET,
     Sandbox,
     free_port,
     ledger_for,

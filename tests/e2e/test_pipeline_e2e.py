@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from sweeper.domain import SweepState
+from tests.constants import WALLET
 from tests.e2e.harness import (
     DESTINATION,
-    WALLET,
     Sandbox,
     describe_open,
     kill9,

@@ -23,7 +23,6 @@ from sweeper.chain import (
     BroadcastRejected,
     ChainResponseError,
     ChainUnavailable,
-    RetryPolicy,
     SignedTransfer,
     Simulation,
     TronChain,
@@ -33,6 +32,7 @@ from sweeper.chain import (
 )
 from sweeper.domain import Secret, address_to_hex
 from sweeper.keys import HdWallet, KeyRing
+from sweeper.retry import RetryPolicy
 from sweeper.sandbox import world as world_module
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.world import (

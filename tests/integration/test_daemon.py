@@ -15,18 +15,16 @@ import pytest
 import structlog.testing
 from sqlalchemy.engine import Engine
 
+from sweeper.addresses import AddressConfigProblem, sync_addresses
 from sweeper.chain import BlockRef, ChainUnavailable
 from sweeper.config import Settings, load_settings
 from sweeper.daemon import Daemon
-from sweeper.domain import Secret
 from sweeper.errors import ConfigError, StartupError
-from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger
-from sweeper.provider import ProviderCallback, ProviderUnavailable, SignedForm
-from sweeper.scanner import AddressConfigProblem, sync_addresses
+from sweeper.provider.callbacks import ProviderCallback, SignedForm
+from sweeper.provider.errors import ProviderUnavailable
+from tests.constants import MNEMONIC, WALLET
 
-MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
-WALLET = HdWallet(Secret(MNEMONIC))
 DESTINATION = WALLET.address(1000)
 ENV = {
     "SWEEPER_PROVIDER_API_KEY": "key",

@@ -15,8 +15,8 @@ from sweeper.domain import SweepState
 from sweeper.ledger import Ledger, LedgerLocked, NewAddress, SqliteLedgerLock, make_engine, upgrade
 from sweeper.ledger.ledger import sweeps
 from sweeper.ledger.models import Base
+from tests.constants import USDT
 
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 CLAIMERS = 8
 ROWS = 1000
 

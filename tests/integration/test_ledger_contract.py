@@ -13,9 +13,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sweeper.domain import TRANSITIONS, IllegalTransition, SweepState
 from sweeper.ledger import Ledger, LedgerError, NewAddress, OpenSweepExists, SweepNotFound
 from tests.conftest import FakeClock
+from tests.constants import USDT
 
 S = SweepState
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 A1 = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
 A2 = "TSeJkUh4Qv67VNFwY8LaAxERygNdy6NQZK"
 A3 = "TYJPRrdB5APNeRs4R7fYZSwW3TcrTKw2gx"
@@ -170,7 +170,7 @@ def test_partial_unique_index_allows_one_open_sweep_per_address_and_token(
         conn.execute(
             text(
                 "INSERT INTO sweeps (address, token, token_contract, state, observed_amount, amount, attempts,"
-                " created_at, updated_at) VALUES (:a, 'USDT', :c, 'signed', 1, 1, 0, :t, :t)"
+                " created_at, updated_at) VALUES (:a, 'USDT', :c, 'queued', 1, 1, 0, :t, :t)"
             ),
             {"a": A1, "c": USDT, "t": known.now()},
         )

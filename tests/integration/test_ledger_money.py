@@ -18,9 +18,9 @@ from sweeper.ledger.clock import DatabaseClock
 from sweeper.ledger.ledger import COOLDOWN_BASE_SECONDS, COOLDOWN_MAX_SECONDS
 from sweeper.pipeline import worker_name
 from tests.conftest import FakeClock
+from tests.constants import USDT
 
 S = SweepState
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 A1 = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
 A2 = "TSeJkUh4Qv67VNFwY8LaAxERygNdy6NQZK"
 

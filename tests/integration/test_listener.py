@@ -29,14 +29,9 @@ from sweeper.listener import (
     serve,
 )
 from sweeper.metrics import Metrics
-from sweeper.provider import (
-    CallbackRejected,
-    OrderStatus,
-    ProviderCallback,
-    canonical_json,
-    sign,
-    verify_callback,
-)
+from sweeper.provider.callbacks import CallbackRejected, ProviderCallback, verify_callback
+from sweeper.provider.models import OrderStatus
+from sweeper.provider.signing import canonical_json, sign
 
 SECRET = Secret("listener-test-secret")
 MAX_AGE = 3600

@@ -12,9 +12,9 @@ from sweeper.ledger import Ledger, NewAddress
 from sweeper.ledger.queries import last_completed_scan, stuck_sweeps
 from sweeper.metrics import Metrics
 from tests.conftest import FakeClock
+from tests.constants import USDT
 
 S = SweepState
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 A1 = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
 A2 = "TSeJkUh4Qv67VNFwY8LaAxERygNdy6NQZK"
 A3 = "TYJPRrdB5APNeRs4R7fYZSwW3TcrTKw2gx"

@@ -1,14 +1,18 @@
-"""Migrations: empty -> head on both backends, models == migrations, round trip, CHECK == enum."""
+"""Migrations: empty -> head on both backends, models == migrations, round trip, CHECK == enum,
+the triggers at head, and the transition trigger (0007) == domain.TRANSITIONS."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
-from sweeper.domain import OPEN_STATES, SweepState
+from sweeper.domain import OPEN_STATES, TRANSITIONS, SweepState
 from sweeper.ledger import db
 from sweeper.ledger.models import Base
 
@@ -134,4 +138,162 @@ def test_0006_keeps_existing_amounts_exact_and_the_table_whole(db_url: str) -> N
         if engine.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    engine.dispose()
+
+
+# --- triggers ------------------------------------------------------------------------------------
+
+# Every trigger the ledger relies on at head, per backend: sweep_events is append-only (0001) and
+# sweeps only changes state along the transition table (0007). On SQLite, Alembic's batch mode
+# (`op.batch_alter_table`, which copies a table and drops the old one) DROPS the table's triggers:
+# a later migration that batch-alters `sweeps` or `sweep_events` must create their triggers again
+# (as of 0007 none was lost: 0006 rebuilt `sweeps` before it had any). This test fails until it does.
+EXPECTED_TRIGGERS = {
+    "sqlite": {
+        ("sweep_events", "sweep_events_no_update"),
+        ("sweep_events", "sweep_events_no_delete"),
+        ("sweeps", "sweeps_legal_insert"),
+        ("sweeps", "sweeps_legal_update"),
+    },
+    "postgresql": {
+        ("sweep_events", "sweep_events_append_only"),
+        ("sweeps", "sweeps_legal_insert"),
+        ("sweeps", "sweeps_legal_update"),
+    },
+}
+TRANSITION_TRIGGERS = {("sweeps", "sweeps_legal_insert"), ("sweeps", "sweeps_legal_update")}
+
+
+def _triggers(engine: Engine) -> set[tuple[str, str]]:
+    """(table, trigger) of every enabled user trigger in the ledger's schema."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            rows = conn.execute(
+                text(
+                    "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' "
+                    "AND c.relnamespace = current_schema()::regnamespace"
+                )
+            ).all()
+        else:
+            rows = conn.execute(text("SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'")).all()
+    return {(str(table), str(name)) for table, name in rows}
+
+
+def test_every_expected_trigger_exists_at_head(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name], (
+        "a migration dropped (or added) a trigger; on SQLite a batch rebuild of a table drops its "
+        "triggers: re-create them in that migration"
+    )
+    engine.dispose()
+
+
+ADDRESS = "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH"
+USDT_CONTRACT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
+TIME = "2026-12-01 00:00:00"
+RETRIGGER = (
+    "the database's transition trigger (migration 0007) disagrees with sweeper.domain.TRANSITIONS: "
+    "a change to domain.TRANSITIONS needs a NEW migration that re-creates the trigger (never edit 0007)"
+)
+
+
+def _add_address(conn: Connection) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO deposit_addresses (address, source, watched, created_at, updated_at) "
+            "VALUES (:a, 'import', true, :t, :t)"
+        ),
+        {"a": ADDRESS, "t": TIME},
+    )
+
+
+def _insert_sweep(conn: Connection, state: str, token: str) -> int:
+    """A sweeps row with only the NOT NULL columns, in plain SQL (amounts: 78-digit text on SQLite)."""
+    amount: int | str = 1 if conn.dialect.name == "postgresql" else "1".zfill(78)
+    conn.execute(
+        text(
+            "INSERT INTO sweeps (address, token, token_contract, state, observed_amount, amount, attempts, "
+            "send_attempts, created_at, updated_at) VALUES (:a, :token, :c, :s, :v, :v, 0, 0, :t, :t)"
+        ),
+        {"a": ADDRESS, "token": token, "c": USDT_CONTRACT, "s": state, "v": amount, "t": TIME},
+    )
+    return int(
+        conn.execute(text("SELECT id FROM sweeps WHERE token = :token"), {"token": token}).scalar_one()
+    )
+
+
+def _refused(engine: Engine, change: Callable[[Connection], object]) -> str | None:
+    """Make `change` in a transaction that is rolled back either way: the refusal's message, or
+    None if the database accepted it. Only IntegrityError counts as a refusal."""
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            change(conn)
+        except IntegrityError as exc:
+            return str(exc.orig)
+        finally:
+            transaction.rollback()
+    return None
+
+
+def _set_state(sweep_id: int, state: SweepState) -> Callable[[Connection], object]:
+    return lambda conn: conn.execute(
+        text("UPDATE sweeps SET state = :s WHERE id = :id"), {"s": state.value, "id": sweep_id}
+    )
+
+
+def test_the_database_allows_exactly_the_transition_table(db_url: str) -> None:
+    """At head, plain SQL (no ledger code) can make exactly the state changes in domain.TRANSITIONS:
+    every (from, to) pair of states by UPDATE, every state by INSERT; the rest is IntegrityError."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine, "0006")  # one row in each state, made before the trigger existed
+    with engine.begin() as conn:
+        _add_address(conn)
+        row = {state: _insert_sweep(conn, state.value, f"T-{state.value}") for state in SweepState}
+    db.upgrade(engine)
+
+    allowed: set[tuple[SweepState | None, SweepState]] = set()
+    refusals: dict[tuple[SweepState | None, SweepState], str] = {}
+    for target in SweepState:
+        changes: dict[SweepState | None, Callable[[Connection], object]] = {
+            None: lambda conn, target=target: _insert_sweep(conn, target.value, "NEW"),
+            **{source: _set_state(row[source], target) for source in SweepState},
+        }
+        for source, change in changes.items():
+            message = _refused(engine, change)
+            if message is not None:
+                refusals[source, target] = message
+            elif source is not target:
+                allowed.add((source, target))
+
+    table = {(source, target) for source, targets in TRANSITIONS.items() for target in targets}
+    assert allowed == table, (
+        f"{RETRIGGER}; allowed - table: {allowed - table}, table - allowed: {table - allowed}"
+    )
+    assert not {(s, s) for s in SweepState} & set(refusals), "an UPDATE that keeps the state must pass"
+    for (source, target), message in refusals.items():  # refused by the trigger, naming both states
+        assert f"{source.value if source else '(none)'} -> {target.value}" in message, message
+    # Nothing was left behind: every attempt was rolled back.
+    with engine.connect() as conn:
+        states = {r.id: r.state for r in conn.execute(text("SELECT id, state FROM sweeps"))}
+    assert states == {row[s]: s.value for s in SweepState}
+    engine.dispose()
+
+
+def test_0007_downgrade_and_upgrade_again(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    db.downgrade(engine, "0006")
+    assert db.current_revision(engine) == "0006"
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name] - TRANSITION_TRIGGERS
+    with engine.begin() as conn:  # without the trigger the database takes any known state
+        _add_address(conn)
+        _insert_sweep(conn, "signed", "OLD")
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
+    with pytest.raises(IntegrityError, match="illegal sweep state change"), engine.begin() as conn:
+        _insert_sweep(conn, "signed", "NEW")
     engine.dispose()

@@ -18,19 +18,16 @@ from sqlalchemy import Engine
 from sweeper.chain import DEFAULT_LIFETIME_MS, TronChain
 from sweeper.config import TokenSettings
 from sweeper.domain import Secret, SweepState
-from sweeper.keys import HdWallet
+from sweeper.keys import Keys
 from sweeper.ledger import Ledger, NewAddress
-from sweeper.pipeline import Keys, Pipeline, PipelineOptions
-from sweeper.provider import ProviderClient, Timeouts
+from sweeper.pipeline import Pipeline, PipelineOptions
+from sweeper.provider.client import ProviderClient, Timeouts
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.provider_server import SANDBOX_API_KEY, SANDBOX_API_SECRET, HoldPoint, SandboxProvider
 from sweeper.sandbox.world import TxRecord, World
+from tests.constants import DESTINATION, USDT, WALLET
 
 S = SweepState
-MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
-WALLET = HdWallet(Secret(MNEMONIC))
-DESTINATION = "TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW"
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 TOKENS = (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10")),)
 
 

@@ -23,10 +23,11 @@ from sweeper import pipeline as pipeline_module
 from sweeper.chain import DEFAULT_LIFETIME_MS
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
+from sweeper.keys import Keys
 from sweeper.ledger import ORDERING_PAUSE, Ledger, token_pause_name, upgrade, utc_day
 from sweeper.ledger.models import Base
-from sweeper.pipeline import Keys, Pipeline, PipelineOptions
-from sweeper.provider import RetryPolicy
+from sweeper.pipeline import Pipeline, PipelineOptions
+from sweeper.retry import RetryPolicy
 from sweeper.sandbox.provider_server import HoldPoint
 from sweeper.sandbox.world import USDT_ENERGY_NEW_HOLDER, USDT_ENERGY_OLD_HOLDER
 from tests.integration import test_pipeline as base

@@ -16,24 +16,19 @@ import pytest
 from structlog.testing import capture_logs
 
 from sweeper.domain import InvalidAddress, Secret, hex_to_address, utcnow
-from sweeper.provider import (
-    API_PREFIX,
-    CollectOrder,
+from sweeper.errors import ProviderError
+from sweeper.provider.client import API_PREFIX, ProviderClient, Timeouts
+from sweeper.provider.errors import (
     InsufficientProviderBalance,
-    Order,
-    OrderNotFound,
     OrderOutcomeUnknown,
     OrderRejected,
-    OrderStatus,
     ProviderAuthError,
-    ProviderClient,
-    ProviderError,
     ProviderUnavailable,
-    RetryPolicy,
-    Timeouts,
     UnexpectedAnswer,
-    sign,
 )
+from sweeper.provider.models import CollectOrder, Order, OrderNotFound, OrderStatus
+from sweeper.provider.signing import sign
+from sweeper.retry import RetryPolicy
 from sweeper.sandbox.provider_server import (
     COLLECT_ENERGY_NEW_HOLDER,
     COLLECT_ENERGY_OLD_HOLDER,
@@ -483,7 +478,7 @@ def test_an_accepted_order_whose_answer_breaks_the_parser_is_outcome_unknown(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("a parser bug")
 
-    monkeypatch.setattr("sweeper.provider._req_sun", broken)
+    monkeypatch.setattr("sweeper.provider.client._req_sun", broken)
     with pytest.raises(OrderOutcomeUnknown) as exc:
         run(using(mock_client(ok_order), lambda c: c.collect_manual(DEPOSIT, out_trade_no="13")))
     assert exc.value.errno == 0 and exc.value.raw is not None and '"serial":"s1"' in exc.value.raw

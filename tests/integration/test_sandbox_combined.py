@@ -25,7 +25,10 @@ import pytest
 
 from sweeper.chain import AccountResources, TronChain
 from sweeper.domain import Secret, hex_to_address
-from sweeper.provider import CollectOrder, OrderOutcomeUnknown, ProviderClient, RetryPolicy
+from sweeper.provider.client import ProviderClient
+from sweeper.provider.errors import OrderOutcomeUnknown
+from sweeper.provider.models import CollectOrder
+from sweeper.retry import RetryPolicy
 from sweeper.sandbox.combined import (
     DEFAULT_BLOCK_INTERVAL,
     DEFAULT_SOLID_LAG,

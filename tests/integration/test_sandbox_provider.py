@@ -21,7 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from sweeper.domain import Secret, hex_to_address, utcnow
-from sweeper.provider import API_PREFIX, ProviderCallback, SignedForm, canonical_json, sign, verify_callback
+from sweeper.provider.callbacks import ProviderCallback, SignedForm, verify_callback
+from sweeper.provider.client import API_PREFIX
+from sweeper.provider.signing import canonical_json, sign
 from sweeper.sandbox.provider_server import (
     CALLBACK_RETRY_SCHEDULE,
     COLLECT_ENERGY_NEW_HOLDER,

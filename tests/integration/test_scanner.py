@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sweeper.addresses import KeysDoNotMatchLedger, configured_addresses, sync_addresses
 from sweeper.chain import TronChain
 from sweeper.config import Settings, load_settings
 from sweeper.domain import Secret, SweepState
@@ -20,11 +21,10 @@ from sweeper.keys import HdWallet
 from sweeper.ledger import Ledger
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.world import World
-from sweeper.scanner import KeysDoNotMatchLedger, Scanner, configured_addresses, sync_addresses
+from sweeper.scanner import Scanner
 from tests.conftest import REPO
+from tests.constants import MNEMONIC, WALLET
 
-MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
-WALLET = HdWallet(Secret(MNEMONIC))
 N = 60
 ADDRESSES = [WALLET.address(i) for i in range(N)]
 MIN = 10_000_000  # 10 USDT

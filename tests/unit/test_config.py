@@ -14,8 +14,8 @@ from sweeper.cli import main
 from sweeper.config import load_settings, parse_hd_indexes
 from sweeper.errors import ConfigError
 from tests.conftest import REPO
+from tests.constants import MNEMONIC
 
-MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 ENV = {
     "TRONGRID_API_KEY": "trongrid-key-123",
     "SWEEPER_PROVIDER_API_KEY": "provider-key-123",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from decimal import Decimal
 
 import pytest
@@ -11,11 +12,13 @@ from sweeper.domain import (
     FINAL_STATES,
     OPEN_STATES,
     TRANSITIONS,
+    IllegalTransition,
     InvalidAddress,
     InvalidAmount,
     Secret,
     SweepState,
     address_to_hex,
+    check_transition,
     check_tron_address,
     format_units,
     hex_to_address,
@@ -24,6 +27,7 @@ from sweeper.domain import (
     parse_decimal,
     to_base_units,
 )
+from tests.constants import USDT
 
 S = SweepState
 
@@ -60,6 +64,18 @@ def test_every_pair_outside_the_table_is_illegal() -> None:
             assert is_legal(src, dst) == ((src, dst) in DESIGN_TABLE), (src, dst)
 
 
+def test_check_transition_raises_exactly_outside_the_table() -> None:
+    for src in [None, *SweepState]:
+        for dst in SweepState:
+            if (src, dst) in DESIGN_TABLE:
+                check_transition(src, dst)
+            else:
+                with pytest.raises(
+                    IllegalTransition, match=re.escape(f"{src.value if src else '(none)'} -> {dst.value}")
+                ):
+                    check_transition(src, dst)
+
+
 def test_state_names_are_the_contract() -> None:
     assert [s.value for s in SweepState] == [
         "queued", "ordering", "energy_ordered", "energy_ready", "signed", "broadcast",
@@ -69,9 +85,6 @@ def test_state_names_are_the_contract() -> None:
     assert set(SweepState) == OPEN_STATES | FINAL_STATES
     for final in FINAL_STATES:
         assert TRANSITIONS[final] == frozenset()
-
-
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 
 
 def test_address_validation_accepts_real_addresses() -> None:

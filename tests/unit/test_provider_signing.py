@@ -16,26 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.domain import Secret
-from sweeper.provider import (
+from sweeper.errors import ProviderError
+from sweeper.provider.callbacks import (
     CallbackRejected,
-    OrderStatus,
     ProviderCallback,
-    ProviderClient,
-    ProviderError,
     RejectionReason,
-    RetryPolicy,
     SignedForm,
-    _BadField,
-    _opt_decimal,
-    _opt_int,
-    _req_int,
     _verify_callback,
-    canonical_json,
-    parse_provider_time,
-    sign,
-    sign_request,
     verify_callback,
 )
+from sweeper.provider.client import ProviderClient
+from sweeper.provider.fields import _BadField, _opt_decimal, _opt_int, _req_int, parse_provider_time
+from sweeper.provider.models import OrderStatus
+from sweeper.provider.signing import canonical_json, sign, sign_request
+from sweeper.retry import RetryPolicy
 
 # The provider docs' own key pair and known answer (provider-api.md, sign.md).
 DOC_SECRET = "0285A2741D0E76E2E187260EB23E51851D48403A756333E7D0CF845406ABF3E8"
@@ -501,7 +495,7 @@ def test_the_outer_verify_turns_an_internal_error_into_a_rejection(monkeypatch: 
     def broken(*args: Any) -> Any:
         raise ZeroDivisionError
 
-    monkeypatch.setattr("sweeper.provider._verify_callback", broken)
+    monkeypatch.setattr("sweeper.provider.callbacks._verify_callback", broken)
     body = canonical_json(CALLBACK)
     result = _verify(_headers(body), body)
     assert _rejected(result) is RejectionReason.MALFORMED_BODY

@@ -16,8 +16,6 @@ from tronpy.proto.transaction import _raw_data_to_protobuf
 
 from sweeper.chain import (
     TRANSFER_TOPIC,
-    RateLimiter,
-    RetryPolicy,
     UnsafeTransaction,
     decode_transfer,
     decode_transfer_logs,
@@ -25,11 +23,13 @@ from sweeper.chain import (
     verify_transfer,
 )
 from sweeper.domain import address_to_hex, hex_to_address
+from sweeper.ratelimit import RateLimiter
+from sweeper.retry import RetryPolicy
+from tests.constants import USDT
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 USDT_TX = json.loads((FIXTURES / "tron-usdt-transfer.json").read_text())
 TRX_TX = json.loads((FIXTURES / "tron-trx-transfer.json").read_text())
-USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 
 
 def test_the_real_usdt_transfer_txid_reproduces_from_its_json() -> None:

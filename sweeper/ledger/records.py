@@ -1,0 +1,208 @@
+"""What the ledger hands out: plain frozen records of its rows, and the errors it refuses with."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row
+
+from sweeper.domain import FINAL_STATES, SweepState
+from sweeper.errors import LedgerError
+
+
+class SweepNotFound(LedgerError):
+    pass
+
+
+class OpenSweepExists(LedgerError):
+    """(address, token) already has an open sweep: the partial unique index said no."""
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    id: int
+    address: str
+    token: str
+    token_contract: str
+    state: SweepState
+    observed_amount: int
+    amount: int
+    destination: str | None
+    serial: str | None
+    scene: int | None
+    cost_sun: int | None
+    provider_balance_sun: int | None
+    txid: str | None
+    signed_tx: str | None
+    expiration: datetime | None
+    attempts: int
+    next_attempt_at: datetime | None
+    order_sent_at: datetime | None
+    order_nonce: str | None
+    energy_needed: int | None
+    charge_sun: int | None
+    charge_day: str | None
+    refund_sun: int | None
+    send_attempts: int
+    first_claimed_at: datetime | None
+    reverting_since: datetime | None
+    claimed_by: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    retry_of: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> SweepRecord:
+        data = dict(row._mapping)
+        data["state"] = SweepState(data["state"])
+        return cls(**data)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def out_trade_no(self) -> str:
+        """The provider's key for this row's one energy order (compared as this exact string)."""
+        return f"{self.id}-{self.order_nonce}" if self.order_nonce else str(self.id)
+
+
+# "<id>-<nonce>" or, for a row made before migration 0005, the bare id.
+OUT_TRADE_NO = re.compile(r"([0-9]{1,18})(?:-([A-Z2-7]{8}))?")
+
+
+def new_order_nonce() -> str:
+    """8 random base32 characters (40 bits): "<row id>-<nonce>" stays within 32 characters."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class SweepEventRecord:
+    id: int
+    sweep_id: int
+    at: datetime
+    from_state: SweepState | None
+    to_state: SweepState
+    reason: str
+    actor: str | None
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class DepositAddressRecord:
+    id: int
+    address: str
+    hd_index: int | None
+    label: str | None
+    source: str
+    watched: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    id: int
+    address: str
+    token: str
+    sweep_id: int | None
+    reason: str
+    held_at: datetime
+    released_at: datetime | None = None
+    released_by: str | None = None
+    release_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CooldownRecord:
+    address: str
+    token: str
+    failures: int
+    until: datetime
+    last_reason: str
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    name: str
+    reason: str
+    since: datetime
+    next_check_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The outcome of `reserve_order`: reserved (and marked sent), or the cap said no."""
+
+    reserved: bool
+    spent_sun: int  # the day's charges (reservations included) before this one
+    day: str
+    paused: str | None = None  # not reserved because ordering is paused (why)
+
+
+@dataclass(frozen=True)
+class NewAddress:
+    address: str
+    source: str  # hd | file | keyfile | import
+    hd_index: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanPassState:
+    name: str
+    pass_started_at: datetime
+    last_address_id: int
+    addresses_scanned: int
+    sweeps_queued: int
+    completed_at: datetime | None
+
+    @property
+    def resumed(self) -> bool:
+        return self.last_address_id > 0
+
+
+@dataclass(frozen=True)
+class Stats:
+    by_state: dict[str, int]
+    swept_by_token: dict[str, int]  # base units moved by confirmed sweeps
+    energy_cost_sun: int  # provider spend recorded on sweeps
+    addresses: int
+    held: int = 0  # (address, token) pairs held after a paid failure
+    spent_today_sun: int = 0  # charges against today's (UTC) cap, reservations included
+    ordering_paused: str | None = None  # why ordering is paused (a cost anomaly), if it is
+
+
+def _pause_record(row: Row[Any]) -> PauseRecord:
+    return PauseRecord(row.name, row.reason, row.since, row.next_check_at)
+
+
+def _hold_record(row: Row[Any]) -> HoldRecord:
+    return HoldRecord(
+        id=int(row.id),
+        address=row.address,
+        token=row.token,
+        sweep_id=row.sweep_id,
+        reason=row.reason,
+        held_at=row.held_at,
+        released_at=row.released_at,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
+    )
+
+
+def _scan_state(row: Row[Any]) -> ScanPassState:
+    return ScanPassState(
+        name=row.name,
+        pass_started_at=row.pass_started_at,
+        last_address_id=int(row.last_address_id),
+        addresses_scanned=int(row.addresses_scanned),
+        sweeps_queued=int(row.sweeps_queued),
+        completed_at=row.completed_at,
+    )

@@ -1,0 +1,462 @@
+"""In-process fakes of what the pipeline needs from the TRON node and the energy provider.
+
+They implement `sweeper.protocols.SweepChain` and `EnergyProvider` without sockets, so a unit test
+drives one step's decision in milliseconds. They are strict where a wrong call would cost money in
+production: the chain checks the txid and the signature of every broadcast against the bytes'
+owner, refuses an expired transaction and knows a duplicate; a transfer sent without the energy in
+place burns TRX (recorded, so a test can assert it never happens); the provider refuses an
+`out_trade_no` it has seen and an order to another destination. The HTTP sandbox
+(`sweeper.sandbox`) stays for the integration and end-to-end suites: it models the real services'
+wire forms, which these fakes do not.
+
+Faults are queued per method: `fail("broadcast", ChainUnavailable("…"))` raises on the next call;
+`Crash` (a BaseException, so no `except Exception` in the pipeline swallows it) stands for the
+process dying at that line, before the call reaches the outside party. `lose_answer=True` on the
+provider performs the order and then raises `OrderOutcomeUnknown`: the answer was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from tronpy.proto import calculate_txid_from_raw_data
+
+from sweeper.chain import (
+    BroadcastOutcome,
+    BroadcastRejected,
+    ResourceCheck,
+    SignedTransfer,
+    Simulation,
+    TokenTransfer,
+    TransferStatus,
+    TxState,
+    UnsafeTransaction,
+    UnsignedTransfer,
+    transfer_data,
+)
+from sweeper.chain import (
+    BroadcastResult as BroadcastResult,
+)
+from sweeper.domain import address_to_hex
+from sweeper.keys import SigningKey
+from sweeper.protocols import EnergyProvider, SweepChain
+from sweeper.provider.errors import (
+    InsufficientProviderBalance,
+    OrderOutcomeUnknown,
+    OrderRejected,
+)
+from sweeper.provider.models import (
+    COLLECT_MANUAL_ENERGY_TO_HOLDER,
+    COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER,
+    CollectOrder,
+    IndexData,
+    Order,
+    OrderNotFound,
+    OrderStatus,
+    PriceQuote,
+)
+
+TRANSFER_BANDWIDTH = 350
+ENERGY_FEE_SUN = 100  # sun per energy unit (mainnet's getEnergyFee)
+ENERGY_TO_HOLDER = 64_285  # a USDT transfer to an address that already holds USDT
+ENERGY_TO_NEW_HOLDER = 130_285  # … to one that holds none
+LIFETIME_MS = 60_000
+
+
+class Crash(BaseException):
+    """The process died here (kill -9): nothing after this line ran."""
+
+
+class FakeClock:
+    """One clock for the ledger, the pipeline and the chain's head block; moved only by the test."""
+
+    def __init__(self, start: datetime = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class _Faults:
+    def __init__(self) -> None:
+        self._queued: dict[str, list[BaseException]] = defaultdict(list)
+        self.calls: list[str] = []
+
+    def fail(self, method: str, *errors: BaseException) -> None:
+        """The next calls of `method` raise these errors, in order."""
+        self._queued[method].extend(errors)
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        if self._queued[method]:
+            raise self._queued[method].pop(0)
+
+
+@dataclass
+class FakeTx:
+    signed: SignedTransfer
+    state: TxState = TxState.PENDING
+    block: int | None = None
+    burnt_sun: int = 0  # TRX the transfer burnt because the energy was not there
+
+
+@dataclass
+class FakeChain(_Faults):
+    """A TRON chain with one token (or more), accounts, delegated energy and a solid head that
+    follows `clock` (offset by `head_offset_seconds`)."""
+
+    clock: FakeClock
+    balances: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    energy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bandwidth: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    activated: set[str] = field(default_factory=set)
+    frozen: set[str] = field(default_factory=set)  # the token's isBlackListed
+    revert_all: str | None = None  # every transfer reverts with this message (token paused …)
+    extra_energy: int = 0  # the need grows (dynamic energy): added to every measurement
+    head_offset_seconds: float = 0.0
+    auto_confirm: bool = True  # a broadcast transaction is in the next solid block at once
+    txs: dict[str, FakeTx] = field(default_factory=dict)
+    block_number: int = 1_000
+
+    def __post_init__(self) -> None:
+        _Faults.__init__(self)
+
+    # --- the test's levers ---
+
+    def credit(self, token: str, holder: str, amount: int) -> None:
+        self.balances[token][holder] = self.balances[token].get(holder, 0) + amount
+
+    def activate(self, address: str) -> None:
+        self.activated.add(address)
+
+    def delegate(self, address: str, energy: int, bandwidth: int = TRANSFER_BANDWIDTH) -> None:
+        self.activated.add(address)
+        self.energy[address] += energy
+        self.bandwidth[address] += bandwidth
+
+    def reclaim(self, address: str) -> None:
+        self.energy[address] = 0
+
+    def head_ms(self) -> int:
+        return int((self.clock() + timedelta(seconds=self.head_offset_seconds)).timestamp() * 1000)
+
+    def confirm(self, txid: str, *, success: bool = True) -> None:
+        """Include a pending transaction in a solidified block."""
+        tx = self.txs[txid]
+        self.block_number += 1
+        tx.block = self.block_number
+        signed = tx.signed
+        need = self._need(signed.owner, signed.destination, signed.token)
+        if self.energy[signed.owner] < need:
+            tx.burnt_sun = (need - self.energy[signed.owner]) * ENERGY_FEE_SUN
+            self.energy[signed.owner] = 0
+        else:
+            self.energy[signed.owner] -= need
+        self.bandwidth[signed.owner] = max(0, self.bandwidth[signed.owner] - TRANSFER_BANDWIDTH)
+        held = self.balances[signed.token].get(signed.owner, 0)
+        if not success or held < signed.amount or signed.owner in self.frozen:
+            tx.state = TxState.FAILED
+            return
+        self.balances[signed.token][signed.owner] = held - signed.amount
+        self.credit(signed.token, signed.destination, signed.amount)
+        tx.state = TxState.CONFIRMED
+
+    def transfers_from(self, owner: str) -> list[FakeTx]:
+        return [tx for tx in self.txs.values() if tx.signed.owner == owner]
+
+    # --- what the pipeline calls (sweeper.protocols.SweepChain) ---
+
+    def _need(self, owner: str, destination: str, token: str) -> int:
+        holds = self.balances[token].get(destination, 0) > 0
+        return (ENERGY_TO_HOLDER if holds else ENERGY_TO_NEW_HOLDER) + self.extra_energy
+
+    async def token_balance(self, holder: str, token: str) -> int:
+        self._enter("token_balance")
+        return self.balances[token].get(holder, 0)
+
+    async def simulate_transfer(self, owner: str, destination: str, amount: int, *, token: str) -> Simulation:
+        self._enter("simulate_transfer")
+        if self.revert_all is not None:
+            return Simulation(reverted=True, energy_used=0, energy_penalty=0, message=self.revert_all)
+        if owner in self.frozen or self.balances[token].get(owner, 0) < amount:
+            return Simulation(
+                reverted=True, energy_used=0, energy_penalty=0, message="REVERT opcode executed"
+            )
+        return Simulation(
+            reverted=False, energy_used=self._need(owner, destination, token), energy_penalty=0, message=""
+        )
+
+    async def is_blacklisted(self, address: str, *, token: str) -> bool:
+        self._enter("is_blacklisted")
+        return address in self.frozen
+
+    async def energy_fee(self) -> int:
+        self._enter("energy_fee")
+        return ENERGY_FEE_SUN
+
+    async def check_resources(
+        self, owner: str, destination: str, token: str, *, energy_needed: int
+    ) -> ResourceCheck:
+        self._enter("check_resources")
+        reasons: list[str] = []
+        activated = owner in self.activated
+        if not activated:
+            reasons.append("the address is not activated")
+        if self.energy[owner] < energy_needed:
+            reasons.append(f"energy {self.energy[owner]} < {energy_needed} needed")
+        if self.bandwidth[owner] < TRANSFER_BANDWIDTH:
+            reasons.append(f"bandwidth {self.bandwidth[owner]} < {TRANSFER_BANDWIDTH} needed")
+        return ResourceCheck(
+            ok=not reasons,
+            activated=activated,
+            energy_needed=energy_needed,
+            energy_available=self.energy[owner],
+            bandwidth_needed=TRANSFER_BANDWIDTH,
+            bandwidth_available=self.bandwidth[owner],
+            reasons=tuple(reasons),
+        )
+
+    async def head_clock_skew_seconds(self) -> float:
+        self._enter("head_clock_skew_seconds")
+        return self.head_offset_seconds
+
+    async def fee_limit_for(self, energy_needed: int) -> int:
+        self._enter("fee_limit_for")
+        return -(-energy_needed * ENERGY_FEE_SUN * 120 // 100)
+
+    async def build_transfer(
+        self, owner: str, destination: str, amount: int, *, token: str, fee_limit_sun: int
+    ) -> UnsignedTransfer:
+        self._enter("build_transfer")
+        head = self.head_ms()
+        ref = hashlib.sha256(str(self.block_number).encode()).hexdigest()
+        raw_data: dict[str, Any] = {
+            "contract": [
+                {
+                    "parameter": {
+                        "value": {
+                            "data": transfer_data(destination, amount),
+                            "owner_address": address_to_hex(owner),
+                            "contract_address": address_to_hex(token),
+                        },
+                        "type_url": "type.googleapis.com/protocol.TriggerSmartContract",
+                    },
+                    "type": "TriggerSmartContract",
+                }
+            ],
+            "ref_block_bytes": f"{self.block_number & 0xFFFF:04x}",
+            "ref_block_hash": ref[16:32],
+            "expiration": head + LIFETIME_MS,
+            "fee_limit": fee_limit_sun,
+            "timestamp": head,
+        }
+        return UnsignedTransfer(
+            txid=str(calculate_txid_from_raw_data(raw_data)),
+            raw_data=raw_data,
+            owner=owner,
+            destination=destination,
+            token=token,
+            amount=amount,
+            fee_limit_sun=fee_limit_sun,
+            expiration_ms=head + LIFETIME_MS,
+        )
+
+    def sign_transfer(self, unsigned: UnsignedTransfer, key: SigningKey) -> SignedTransfer:
+        self._enter("sign_transfer")
+        if key.address != unsigned.owner:
+            raise UnsafeTransaction(f"the key for {key.address} cannot sign a transfer from {unsigned.owner}")
+        signature = key.sign_digest(bytes.fromhex(unsigned.txid)).hex()
+        return SignedTransfer(
+            txid=unsigned.txid,
+            raw_data=unsigned.raw_data,
+            signature=signature,
+            owner=unsigned.owner,
+            destination=unsigned.destination,
+            token=unsigned.token,
+            amount=unsigned.amount,
+            fee_limit_sun=unsigned.fee_limit_sun,
+            expiration_ms=unsigned.expiration_ms,
+        )
+
+    async def broadcast(self, signed: SignedTransfer) -> BroadcastResult:
+        self._enter("broadcast")
+        # What a node checks: the bytes hash to the txid and are signed by their owner.
+        checked = SignedTransfer.from_json(signed.to_json())
+        if checked.txid in self.txs:
+            return BroadcastResult(checked.txid, BroadcastOutcome.ALREADY_KNOWN)
+        if checked.expiration_ms <= self.head_ms():
+            raise BroadcastRejected("TRANSACTION_EXPIRATION_ERROR", "transaction expired")
+        self.txs[checked.txid] = FakeTx(checked)
+        if self.auto_confirm:
+            self.confirm(checked.txid)
+        return BroadcastResult(checked.txid, BroadcastOutcome.ACCEPTED)
+
+    async def transaction_known(self, txid: str) -> bool:
+        self._enter("transaction_known")
+        return txid in self.txs
+
+    async def transaction_status(self, txid: str, *, expiration_ms: int, token: str) -> TransferStatus:
+        self._enter("transaction_status")
+        tx = self.txs.get(txid)
+        if tx is None or tx.state is TxState.PENDING:
+            if tx is None and self.head_ms() >= expiration_ms + 6_000:
+                return TransferStatus(txid, TxState.EXPIRED)
+            return TransferStatus(txid, TxState.PENDING)
+        if tx.state is TxState.FAILED:
+            return TransferStatus(
+                txid, TxState.FAILED, reason="REVERT: transfer failed", block_number=tx.block
+            )
+        signed = tx.signed
+        moved = TokenTransfer(txid, token, signed.owner, signed.destination, signed.amount, 0)
+        return TransferStatus(
+            txid, TxState.CONFIRMED, block_number=tx.block, fee_sun=tx.burnt_sun, transfers=(moved,)
+        )
+
+
+@dataclass
+class FakeOrder:
+    serial: str
+    address: str
+    to_address: str
+    out_trade_no: str
+    amount_sun: int
+    energy: int
+    created: datetime
+    status: OrderStatus = OrderStatus.PAID
+    refund_sun: int = 0
+
+
+@dataclass
+class FakeProvider(_Faults):
+    """collect-manual and its order query. Orders are delegated at once (`delegate_at_once`), or
+    when the test calls `complete(serial)`; `end(serial, status, refund)` ends one otherwise."""
+
+    chain: FakeChain
+    destination: str
+    token: str  # the token collect-manual's energy figure depends on (the destination holds it?)
+    price_sun: int = 4_000_000
+    balance_sun: int = 1_000_000_000
+    delegate_at_once: bool = True
+    lose_answer: bool = False  # the next order is placed, its answer lost
+    orders: dict[str, FakeOrder] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _Faults.__init__(self)
+
+    def orders_for(self, out_trade_no: str) -> list[FakeOrder]:
+        return [o for o in self.orders.values() if o.out_trade_no == out_trade_no]
+
+    def complete(self, serial: str) -> None:
+        order = self.orders[serial]
+        self.chain.delegate(order.address, order.energy)
+        order.status = OrderStatus.COMPLETED
+
+    def end(self, serial: str, status: OrderStatus, refund_sun: int = 0) -> None:
+        order = self.orders[serial]
+        order.status = status
+        order.refund_sun = refund_sun
+        self.balance_sun += refund_sun
+
+    # --- what the pipeline calls (sweeper.protocols.EnergyProvider) ---
+
+    async def collect_manual(
+        self,
+        receive_address: str,
+        *,
+        to_address: str,
+        out_trade_no: str,
+        callback_url: str | None = None,
+        scene: int = 0,
+    ) -> CollectOrder:
+        self._enter("collect_manual")
+        address = receive_address
+        if to_address != self.destination:
+            raise OrderRejected("to_address is not the destination", field_errors={"to_address": ("wrong",)})
+        if self.orders_for(out_trade_no):
+            raise OrderRejected("duplicate", field_errors={"out_trade_no": ("already used",)})
+        if self.balance_sun < self.price_sun:
+            raise InsufficientProviderBalance("balance too low", balance_sun=self.balance_sun)
+        holds = self.chain.balances[self.token].get(to_address, 0) > 0
+        energy = COLLECT_MANUAL_ENERGY_TO_HOLDER if holds else COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER
+        serial = f"S{len(self.orders) + 1:06d}"
+        self.balance_sun -= self.price_sun
+        self.orders[serial] = FakeOrder(
+            serial, address, to_address, out_trade_no, self.price_sun, energy, created=self.chain.clock()
+        )
+        if self.delegate_at_once:
+            self.complete(serial)
+        if self.lose_answer:
+            self.lose_answer = False
+            raise OrderOutcomeUnknown("POST collect-manual sent, answer lost (fake)")
+        return CollectOrder(
+            serial=serial,
+            scene=scene or 1,
+            amount_sun=self.price_sun,
+            balance_sun=self.balance_sun,
+            out_trade_no=out_trade_no,
+            raw="{}",
+        )
+
+    async def query_order(
+        self, *, serial: str | None = None, out_trade_no: str | None = None
+    ) -> Order | OrderNotFound:
+        self._enter("query_order")
+        found = [
+            o
+            for o in self.orders.values()
+            if (serial is None or o.serial == serial)
+            and (out_trade_no is None or o.out_trade_no == out_trade_no)
+        ]
+        if not found:
+            return OrderNotFound(serial=serial, out_trade_no=out_trade_no, message="not found", raw="{}")
+        order = found[0]
+        return Order(
+            serial=order.serial,
+            status=order.status,
+            receive_address=order.address,
+            create_time=order.created,
+            energy_amount=order.energy,
+            delegated_energy=Decimal(order.energy) if order.status is OrderStatus.COMPLETED else None,
+            amount_sun=order.amount_sun,
+            refund_amount_sun=order.refund_sun,
+            period="1H",
+            out_trade_no=order.out_trade_no,
+            details=(),
+            raw="{}",
+        )
+
+    async def price(self, *, to_address: str | None = None) -> PriceQuote:
+        self._enter("price")
+        return PriceQuote(
+            period="1H",
+            energy_amount=COLLECT_MANUAL_ENERGY_TO_NEW_HOLDER,
+            price_sun=None,
+            total_price_sun=self.price_sun,
+            addition_sun=0,
+            raw="{}",
+        )
+
+    async def index_data(self) -> IndexData:
+        self._enter("index_data")
+        return IndexData(
+            balance_sun=self.balance_sun,
+            usdt_energy_need_old=None,
+            usdt_energy_need_new=None,
+            minimum_order_energy=None,
+            platform_avail_energy=None,
+            tiered_pricing=(),
+            raw="{}",
+        )
+
+
+def _conforms(chain: FakeChain, provider: FakeProvider) -> tuple[SweepChain, EnergyProvider]:
+    """Never called: mypy checks here that the fakes implement the pipeline's protocols."""
+    return chain, provider
