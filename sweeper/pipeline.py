@@ -83,6 +83,8 @@ TOKEN_PAUSE_AFTER_ADDRESSES = 3
 # deposit address that is not activated yet, until the order's real amount replaces it
 # (getCreateNewAccountFeeInSystemContract 1 TRX + getCreateAccountFee 0.1 TRX on mainnet).
 ACTIVATION_RESERVE_SUN = 1_100_000
+# An order complete for this long without its energy on chain is logged once (WARNING).
+ENERGY_WAIT_WARN_SECONDS = 60.0
 WORK_STATES = (S.QUEUED, S.ORDERING, S.ENERGY_ORDERED, S.ENERGY_READY, S.SIGNED, S.BROADCAST)
 
 
@@ -205,6 +207,7 @@ class Pipeline:
         self.chain_clock_problem: str | None = None  # set while the chain-clock check fails (/healthz)
         self._clock_checked: tuple[float, str | None] | None = None
         self._last_clock_alert: float = float("-inf")
+        self._warned_waiting: set[int] = set()  # rows whose long wait for delegated energy was logged
 
     @classmethod
     def from_settings(
@@ -1012,9 +1015,10 @@ class Pipeline:
         self._price_cache = (time.monotonic(), quote.total_price_sun)
         return quote.total_price_sun
 
-    async def _need(self, row: SweepRecord) -> int | None:
-        """The measured energy of the row's transfer (simulated now for rows from before 0004)."""
-        if row.energy_needed is not None:
+    async def _need(self, row: SweepRecord, *, fresh: bool = False) -> int | None:
+        """The measured energy of the row's transfer (simulated now for rows from before 0004, or
+        with `fresh`: what the transfer needs now, which may be less than what was measured)."""
+        if row.energy_needed is not None and not fresh:
             return row.energy_needed
         amount = row.amount if row.amount > 0 else row.observed_amount
         sim = await self.chain.simulate_transfer(
@@ -1064,9 +1068,29 @@ class Pipeline:
             check = await self.chain.check_resources(
                 row.address, self.options.destination, row.token_contract, energy_needed=need
             )
+            if not check.ok and check.energy_available < need:
+                # The need stored when ordering may be stale: measured while the destination held
+                # none of the token (~130k), it drops to ~64k once another sweep's transfer lands
+                # there, which is also when the provider starts delegating the holder figure (65k).
+                # Measure the transfer as it is now before waiting for energy that never comes.
+                now_need = await self._need(row, fresh=True)
+                if now_need is not None and now_need < need:
+                    need = now_need
+                    check = await self.chain.check_resources(
+                        row.address, self.options.destination, row.token_contract, energy_needed=need
+                    )
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
         if not check.ok:
+            if self._seconds_in_state(row) > ENERGY_WAIT_WARN_SECONDS and row.id not in self._warned_waiting:
+                # The one wait that is otherwise silent for order_timeout_seconds: say it once.
+                self._warned_waiting.add(row.id)
+                log.warning(
+                    "energy order complete but the chain does not show the energy yet",
+                    sweep_id=row.id,
+                    serial=row.serial,
+                    reasons="; ".join(check.reasons),
+                )
             if timed_out:
                 return await self._fail(
                     row, f"{timeout_reason} on chain: " + "; ".join(check.reasons), paid=True

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -30,9 +31,10 @@ from sweeper.keys import Keys
 from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine, upgrade
 from sweeper.pipeline import Pipeline, PipelineOptions
 from sweeper.provider.errors import ProviderUnavailable
-from sweeper.provider.models import OrderStatus
+from sweeper.provider.models import CollectOrder, OrderStatus
 from tests.constants import DESTINATION, USDT, WALLET
 from tests.fakes import (
+    ENERGY_TO_HOLDER,
     ENERGY_TO_NEW_HOLDER,
     Crash,
     FakeChain,
@@ -582,4 +584,24 @@ def test_the_need_measured_by_simulation_is_what_is_checked_and_bought(rig: Rig)
     drive(rig, rig.pipeline())
     row = rig.row(sweep_id)
     assert row.state is S.CONFIRMED and row.energy_needed == ENERGY_TO_NEW_HOLDER
+    rig.one_order_and_transfer(sweep_id)
+
+
+def test_a_need_measured_before_the_destination_held_the_token_is_measured_again(rig: Rig) -> None:
+    """Found by a flaky end-to-end run: the need was measured (130k) while the destination held no
+    USDT; another sweep's transfer landed there before our POST, so the provider delegated the
+    holder figure (65k). The stored 130k was never reached: the row waited 15 min, then held."""
+    rig.chain.balances[USDT][DESTINATION] = 0
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    original = rig.provider.collect_manual
+
+    async def another_sweep_lands_first(*args: Any, **kwargs: Any) -> CollectOrder:
+        rig.chain.credit(USDT, DESTINATION, 1)
+        return await original(*args, **kwargs)
+
+    rig.provider.collect_manual = another_sweep_lands_first  # type: ignore[method-assign]
+    drive(rig, rig.pipeline(), max_seconds=120)  # well inside order_timeout_seconds (900)
+    row = rig.row(sweep_id)
+    assert row.state is S.CONFIRMED and row.energy_needed == ENERGY_TO_HOLDER
     rig.one_order_and_transfer(sweep_id)
