@@ -48,10 +48,15 @@ class KeySource(StrEnum):
 
 
 class DetectMode(StrEnum):
-    """`[detect] mode`: the values this version accepts ("follow" and "both" are refused with a
-    message until block following arrives: see `DetectSettings.mode`)."""
+    """`[detect] mode`: how deposits are found."""
 
-    POLL = "poll"
+    POLL = "poll"  # balanceOf of every watched address, every scan_interval_seconds
+    FOLLOW = "follow"  # every new solidified block's Transfer logs (one request per block)
+    BOTH = "both"  # follow, plus a full poll pass every reconcile_interval_seconds (the safety net)
+
+    @property
+    def follows(self) -> bool:
+        return self is not DetectMode.POLL
 
 
 # --- declaring keys ----------------------------------------------------------------------------
@@ -165,14 +170,14 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class DetectSettings:
-    mode: DetectMode = key(
-        DetectMode,
-        "poll",
-        refused=dict.fromkeys(
-            ("follow", "both"), 'arrives with block following; this version supports "poll"'
-        ),
-    )
+    mode: DetectMode = key(DetectMode, "both")
     reconcile_interval_seconds: int = key("pos_int", 86400)
+    # /healthz turns 503 when the follower is further than this behind the solid head.
+    max_lag_seconds: int = key("pos_int", 120)
+    # One daemon follows at a time (the others work sweeps): its lease runs this long unrenewed.
+    lease_seconds: int = key("pos_int", 60)
+    # Blocks read at once while catching up (under tron.requests_per_second).
+    concurrency: int = key("pos_int", 8)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,7 +397,8 @@ def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mappi
         try:
             return kind(value)
         except ValueError:
-            expected = " or ".join(f'"{member}"' for member in kind)
+            names = [f'"{member}"' for member in kind]
+            expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
             return bad(f"{value!r}: expected {expected}")
     if kind in {"pos_int", "nonneg_int", "decimals"} and (
         isinstance(value, bool) or not isinstance(value, int)

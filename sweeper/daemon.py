@@ -28,9 +28,10 @@ from sweeper import notify
 from sweeper.addresses import AddressConfigProblem, sync_addresses, watched_address_problems
 from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
-from sweeper.config import Settings, load_settings
+from sweeper.config import DetectMode, Settings, load_settings
 from sweeper.domain import Clock, utcnow
 from sweeper.errors import ConfigError, ProviderError, StartupError
+from sweeper.follower import BLOCK_SECONDS, Follower, NodeCannotFollow
 from sweeper.keys import Keys
 from sweeper.ledger import Ledger
 from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
@@ -97,6 +98,18 @@ class Daemon:
         self.metrics.before_render.append(self._update_live_metrics)
         self.provider_status = ProviderStatus()
         self.scanner = Scanner(ledger, self.chain, settings.tokens, concurrency=SCAN_CONCURRENCY)
+        # Block following ([detect] mode = "follow" / "both"); a dry run detects by poll passes.
+        self.follower: Follower | None = None
+        if settings.detect.mode.follows and not dry_run:
+            self.follower = Follower(
+                ledger,
+                self.chain,
+                settings.tokens,
+                worker_id=self.worker_id,
+                scanner=self.scanner,
+                lease_seconds=settings.detect.lease_seconds,
+                concurrency=settings.detect.concurrency,
+            )
         self.pipeline = Pipeline.from_settings(
             settings,
             ledger,
@@ -118,6 +131,7 @@ class Daemon:
         self._work_running = False
         self._work_again = False
         self._reload_lock = asyncio.Lock()
+        self._poll_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._watchdog_task: asyncio.Task[None] | None = None
 
@@ -172,14 +186,35 @@ class Daemon:
         self._watchdog_task = asyncio.create_task(notify.watchdog_pinger(), name="sweeper-watchdog")
         now = datetime.now(UTC)
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self.scheduler.add_job(
-            self._job(self._scan_job),
-            "interval",
-            seconds=self.settings.schedule.scan_interval_seconds,
-            id="scan",
-            next_run_time=now,
-            **common,
-        )
+        if self.follower is None:
+            self.scheduler.add_job(
+                self._job(self._scan_job),
+                "interval",
+                seconds=self.settings.schedule.scan_interval_seconds,
+                id="scan",
+                next_run_time=now,
+                **common,
+            )
+        else:
+            await self._prove_node_follows()
+            self.scheduler.add_job(
+                self._job(self._follow_job),
+                "interval",
+                seconds=BLOCK_SECONDS,
+                id="follow",
+                next_run_time=now,
+                **common,
+            )
+            if self.settings.detect.mode is DetectMode.BOTH:
+                reconcile = self.settings.detect.reconcile_interval_seconds
+                self.scheduler.add_job(
+                    self._job(self._reconcile_job),
+                    "interval",
+                    seconds=reconcile,
+                    id="reconcile",
+                    next_run_time=now + timedelta(seconds=reconcile),
+                    **common,
+                )
         self.scheduler.add_job(
             self._job(self._work_job),
             "interval",
@@ -238,6 +273,11 @@ class Daemon:
                 await asyncio.wait(still, timeout=1.0)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.follower is not None:
+            try:  # another daemon takes over following at once
+                await self.follower.release()
+            except Exception as exc:
+                log.warning("the follower lease could not be released; it runs out", error=str(exc)[:200])
         released = await asyncio.to_thread(self.ledger.release_claims, self.worker_id)
         if released:
             log.info("leases released", sweeps=released)
@@ -294,6 +334,73 @@ class Daemon:
         elif report.queued:
             self.wake_worker()
 
+    async def _prove_node_follows(self) -> None:
+        """At start: a node without transaction infos refuses following (exit 2). An unreachable
+        node is not fatal: the follow job proves it once it answers."""
+        assert self.follower is not None
+        try:
+            head = await self.chain.solid_head()
+            await self.follower.prove_node(head)
+        except ChainError as exc:
+            log.warning("TRON node unreachable at start-up; following proves it later", error=str(exc)[:200])
+
+    async def _follow_job(self) -> None:
+        assert self.follower is not None
+        queued = self.follower.status.queued
+        try:
+            await self.follower.step()
+        except NodeCannotFollow as exc:
+            self.last_scan_error = str(exc)
+            log.error("ALERT: block following stopped", error=str(exc))
+            return
+        except (ChainError, ScanError) as exc:
+            self.last_scan_error = str(exc)
+            log.warning("following blocks failed; it resumes at the cursor", error=str(exc)[:300])
+            return
+        self.last_scan_completed = self.now()  # detection is live (or another daemon follows)
+        self.last_scan_error = None
+        if self.follower.status.queued > queued:
+            self.wake_worker()
+
+    async def _reconcile_job(self) -> None:
+        """[detect] mode = "both": the safety net. A full poll pass; what it queues, following missed
+        (or the deposit landed in a block following had not reached yet)."""
+        assert self.follower is not None
+        if self.follower.initial_pass_running:
+            return
+        try:
+            async with self._poll_lock:  # one poll pass at a time (the reload's, the safety net's)
+                report = await self.scanner.run_pass()
+        except (ChainError, ScanError) as exc:
+            log.warning("safety-net poll pass incomplete; it resumes next time", error=str(exc)[:300])
+            return
+        if report.queued:
+            self.metrics.reconcile_queued.inc(report.queued)
+            log.error(
+                "ALERT: the safety-net poll pass queued sweeps that block following had not",
+                queued=report.queued,
+                follower_lag_blocks=self.follower.status.lag_blocks,
+            )
+            self.wake_worker()
+        else:
+            log.info("safety-net poll pass: nothing that following had missed", addresses=report.addresses)
+
+    async def _poll_after_reload(self) -> None:
+        assert self.follower is not None
+        if self.follower.initial_pass_running:
+            return  # that pass reads every address under the new thresholds already
+        log.info("thresholds lowered: a poll pass reads the balances already there")
+        try:
+            async with self._poll_lock:
+                report = await self.scanner.run_pass()
+        except (ChainError, ScanError) as exc:
+            log.warning(
+                "poll pass after the reload incomplete; the daily safety net covers it", error=str(exc)[:300]
+            )
+            return
+        if report.queued:
+            self.wake_worker()
+
     async def _work_job(self) -> None:
         self._work_running = True
         try:
@@ -337,6 +444,15 @@ class Daemon:
         self.metrics.count_up_to(self.metrics.provider_errors, self.provider.requests_failed)
         if self.last_scan_completed is not None:
             self.metrics.set_detection_lag(self.last_scan_completed, self.now())
+        if self.follower is not None:
+            status = self.follower.status
+            following = status.following
+            self.metrics.set_follow(
+                status.next_block if following else None,
+                status.solid_head,
+                status.lag_blocks if following else None,
+                status.lag_seconds if following else None,
+            )
 
     async def _check_clock(self) -> None:
         """Warn when our clock and the chain's disagree: transfers are stamped with our clock and
@@ -434,6 +550,21 @@ class Daemon:
             checks["detection"] = f"last pass {int(age.total_seconds())} s ago"
             if age > limit:
                 ok = False
+        if self.follower is not None:
+            follow = self.follower.status
+            lag = follow.lag_seconds
+            if follow.refused is not None:
+                ok = False
+                checks["following"] = "refused: the node keeps no transaction infos (see the log)"
+            elif not follow.following:
+                checks["following"] = "another daemon follows (or none yet)"
+            elif lag is not None and lag > self.settings.detect.max_lag_seconds:
+                ok = False
+                checks["following"] = f"{follow.lag_blocks} blocks behind the solid head (~{int(lag)} s)"
+            else:
+                checks["following"] = (
+                    f"{follow.lag_blocks if follow.lag_blocks is not None else '?'} blocks behind"
+                )
         if self.pipeline.chain_clock_problem is not None:
             ok = False
             checks["chain_clock"] = (
@@ -485,9 +616,23 @@ class Daemon:
             except Exception as exc:
                 log.error("reload refused; keeping the running config", error=f"{type(exc).__name__}: {exc}")
                 return
+            before = {t.contract: t.min_sweep_base_units for t in self.settings.tokens}
             self.settings = merged
             configure_logging(secrets=merged.secret_values())
             self.scanner.tokens = merged.tokens
+            if self.follower is not None:
+                self.follower.tokens = tuple(merged.tokens)
+                # Following only sees new deposits: balances already below the old threshold and at
+                # or above a lowered one (or of a new token) are found by a poll pass, run now.
+                if any(
+                    t.min_sweep_base_units < before.get(t.contract, t.min_sweep_base_units + 1)
+                    for t in merged.tokens
+                ):
+                    poll = asyncio.create_task(
+                        self._job(self._poll_after_reload)(), name="sweeper-reload-poll"
+                    )
+                    self._background.add(poll)
+                    poll.add_done_callback(self._background.discard)
             self.pipeline.options = options
             self.pipeline.keys = keys
             log.info(

@@ -39,6 +39,9 @@ DEMO_DEPOSITS = [
     ("0.000001", False),
 ]
 MIN_SWEEP = "10"
+# After the first sweeps: a deposit only block following sees (the safety-net poll pass is daily).
+FOLLOW_DEPOSIT_INDEX = 1
+FOLLOW_DEPOSIT = "42"
 DESTINATION_INDEX = 1000  # a derived address outside the watched range plays the cold wallet
 TIMEOUT_SECONDS = 120.0
 
@@ -107,6 +110,17 @@ async def _demo(out: TextIO) -> int:
             await daemon.start()
             out.write("daemon running: scanning, ordering energy, signing, broadcasting, confirming...\n")
             ok = await _watch(out, ledger, daemon, expected, tty)
+            if ok:
+                # Found by following: a new deposit paid by an exchange's payout contract (an
+                # internal call) lands in a block; the daemon reads that block's Transfer logs.
+                address = wallet.address(FOLLOW_DEPOSIT_INDEX)
+                units = to_base_units(Decimal(FOLLOW_DEPOSIT), 6)
+                world.internal_deposit(address, units)
+                out.write(
+                    f"\nnew deposit {FOLLOW_DEPOSIT} USDT -> {address}, paid in a block by an exchange's payout "
+                    "contract: block following finds it (one node request per block, however many addresses)\n"
+                )
+                ok = await _watch(out, ledger, daemon, expected + 1, tty)
             await daemon.shutdown()
             burnt = sum(
                 tx.receipt.fee_sun

@@ -111,6 +111,38 @@ class Metrics:
             "1 while energy ordering is paused until `sweeper ordering resume`, else 0",
             registry=r,
         )
+        # Block following ([detect] mode = "follow" / "both"), as this daemon sees it (NaN: not the
+        # daemon that follows, or not known yet).
+        self.follow_next_block = Gauge(
+            "sweeper_follow_next_block",
+            "The follower's cursor: the first block not yet processed",
+            registry=r,
+        )
+        self.follow_solid_head = Gauge(
+            "sweeper_follow_solid_head",
+            "The node's latest solidified block at the follower's last look",
+            registry=r,
+        )
+        self.follow_lag_blocks = Gauge(
+            "sweeper_follow_lag_blocks", "Solidified blocks the follower has not processed yet", registry=r
+        )
+        self.follow_lag_seconds = Gauge(
+            "sweeper_follow_lag_seconds",
+            "The follower's lag behind the solid head in seconds (blocks x 3 s)",
+            registry=r,
+        )
+        self.reconcile_queued = Counter(
+            "sweeper_reconcile_queued",
+            "Sweeps the safety-net poll pass queued that following had not (expected 0 after the first pass)",
+            registry=r,
+        )
+        for gauge in (
+            self.follow_next_block,
+            self.follow_solid_head,
+            self.follow_lag_blocks,
+            self.follow_lag_seconds,
+        ):
+            gauge.set(math.nan)
         # Unknown is not zero: a balance of 0 sun would page someone, "not checked yet" should not.
         self.provider_balance_sun.set(math.nan)
         self.detection_lag_seconds.set(math.nan)
@@ -151,6 +183,21 @@ class Metrics:
 
     def set_detection_lag(self, last_completed: datetime, now: datetime) -> None:
         self.detection_lag_seconds.set(max(0.0, (now - last_completed).total_seconds()))
+
+    def set_follow(
+        self,
+        next_block: int | None,
+        solid_head: int | None,
+        lag_blocks: int | None,
+        lag_seconds: float | None,
+    ) -> None:
+        for gauge, value in (
+            (self.follow_next_block, next_block),
+            (self.follow_solid_head, solid_head),
+            (self.follow_lag_blocks, lag_blocks),
+            (self.follow_lag_seconds, lag_seconds),
+        ):
+            gauge.set(math.nan if value is None else value)
 
     def count_callback(self, result: str) -> None:
         self.callbacks.labels(result=result).inc()

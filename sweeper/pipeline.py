@@ -83,8 +83,6 @@ TOKEN_PAUSE_AFTER_ADDRESSES = 3
 # deposit address that is not activated yet, until the order's real amount replaces it
 # (getCreateNewAccountFeeInSystemContract 1 TRX + getCreateAccountFee 0.1 TRX on mainnet).
 ACTIVATION_RESERVE_SUN = 1_100_000
-# An order complete for this long without its energy on chain is logged once (WARNING).
-ENERGY_WAIT_WARN_SECONDS = 60.0
 WORK_STATES = (S.QUEUED, S.ORDERING, S.ENERGY_ORDERED, S.ENERGY_READY, S.SIGNED, S.BROADCAST)
 
 
@@ -127,6 +125,8 @@ class PipelineOptions:
     max_chain_clock_skew_seconds: float = 30.0
     chain_clock_check_ttl_seconds: float = 10.0
     chain_clock_retry_seconds: float = 60.0
+    # An order complete for this long without its energy on chain is logged once (WARNING).
+    energy_wait_warn_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> PipelineOptions:
@@ -207,7 +207,9 @@ class Pipeline:
         self.chain_clock_problem: str | None = None  # set while the chain-clock check fails (/healthz)
         self._clock_checked: tuple[float, str | None] | None = None
         self._last_clock_alert: float = float("-inf")
-        self._warned_waiting: set[int] = set()  # rows whose long wait for delegated energy was logged
+        # sweep id -> when its order was first seen complete without the energy on chain (monotonic;
+        # None once the long wait was logged). Dropped when the row leaves `energy_ordered`.
+        self._complete_since: dict[int, float | None] = {}
 
     @classmethod
     def from_settings(
@@ -391,6 +393,8 @@ class Pipeline:
             )
         except IllegalTransition:
             raise _LostClaim from None
+        if moved.state is not S.ENERGY_ORDERED:
+            self._complete_since.pop(row.id, None)
         log.info(
             "sweep moved",
             sweep_id=row.id,
@@ -1082,9 +1086,11 @@ class Pipeline:
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
         if not check.ok:
-            if self._seconds_in_state(row) > ENERGY_WAIT_WARN_SECONDS and row.id not in self._warned_waiting:
-                # The one wait that is otherwise silent for order_timeout_seconds: say it once.
-                self._warned_waiting.add(row.id)
+            # The one wait that is otherwise silent until order_timeout_seconds: said once, counted
+            # from when the order was first seen complete (a slow delegation is normal, not this).
+            since = self._complete_since.setdefault(row.id, time.monotonic())
+            if since is not None and time.monotonic() - since >= self.options.energy_wait_warn_seconds:
+                self._complete_since[row.id] = None
                 log.warning(
                     "energy order complete but the chain does not show the energy yet",
                     sweep_id=row.id,

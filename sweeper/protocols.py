@@ -3,14 +3,15 @@
 The real implementations are `sweeper.chain.TronChain` and `sweeper.provider.client.ProviderClient`;
 tests/fakes.py holds in-process fakes of the same protocols, so a step's decision is tested without
 sockets (tests/unit/test_pipeline_steps.py). A method belongs here only if the pipeline or the scanner
-calls it: the narrower the seam, the less a fake must model.
+calls it (BlockSource: the block follower): the narrower the seam, the less a fake must model.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from sweeper.chain.models import (
+    BlockRef,
     BroadcastResult,
     ResourceCheck,
     SignedTransfer,
@@ -26,6 +27,22 @@ class BalanceSource(Protocol):
     """What a scan pass reads: one holder's balance of one token, in base units."""
 
     async def token_balance(self, holder: str, token: str) -> int: ...
+
+
+class BlockSource(BalanceSource, Protocol):
+    """What the block follower reads: the solid head, a solidified block's transaction count and its
+    transaction infos (each ONE node request), and balances. Errors are `sweeper.chain.errors` types.
+
+    `solid_transaction_infos` answers `[]` both for an empty block and for one the node cannot serve;
+    `solid_block_transaction_count` tells them apart (it raises ChainResponseError for a block the
+    node does not have). Decode the infos with `sweeper.chain.transfers.deposits_in_block`.
+    """
+
+    async def solid_head(self) -> BlockRef: ...
+
+    async def solid_block_transaction_count(self, block_number: int) -> int: ...
+
+    async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]: ...
 
 
 class SweepChain(BalanceSource, Protocol):

@@ -137,6 +137,8 @@ def stats_document(stats: Stats, settings: Settings) -> dict[str, Any]:
         "spent_today_trx": format_units(stats.spent_today_sun, 6),
         "daily_cap_trx": str(settings.safety.max_daily_spend_trx),
         "ordering_paused": stats.ordering_paused,
+        "follow_next_block": stats.follow_next_block,
+        "follow_advanced_at": iso(stats.follow_advanced_at),
     }
 
 
@@ -330,6 +332,9 @@ def write_stats(out: TextIO, stats: Stats, settings: Settings, *, as_json: bool)
     out.write(f"spent today (UTC): {document['spent_today_trx']} of {document['daily_cap_trx']} TRX\n")
     if stats.ordering_paused:
         out.write(f"ORDERING PAUSED:   {stats.ordering_paused} (`sweeper ordering resume`)\n")
+    if stats.follow_next_block is not None:
+        moved = document["follow_advanced_at"] or "not yet"
+        out.write(f"following blocks:  next block {stats.follow_next_block} (cursor last moved {moved})\n")
     for token, amount in document["swept"].items():
         out.write(f"swept {token}: {amount}\n")
     out.write("\n")

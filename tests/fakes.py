@@ -4,8 +4,9 @@ They implement `sweeper.protocols.SweepChain` and `EnergyProvider` without socke
 drives one step's decision in milliseconds. They are strict where a wrong call would cost money in
 production: the chain checks the txid and the signature of every broadcast against the bytes'
 owner, refuses an expired transaction and knows a duplicate; a transfer sent without the energy in
-place burns TRX (recorded, so a test can assert it never happens); the provider refuses an
-`out_trade_no` it has seen and an order to another destination. The HTTP sandbox
+place burns TRX (recorded, so a test can assert it never happens); the provider refuses an order
+to another destination and, by default, accepts a reused `out_trade_no` (a second, paid order: the
+pessimistic reading of the provider's docs, so the tests' one-order invariant can fail). The HTTP sandbox
 (`sweeper.sandbox`) stays for the integration and end-to-end suites: it models the real services'
 wire forms, which these fakes do not.
 
@@ -27,8 +28,10 @@ from typing import Any
 from tronpy.proto import calculate_txid_from_raw_data
 
 from sweeper.chain import (
+    BlockRef,
     BroadcastOutcome,
     BroadcastRejected,
+    ChainResponseError,
     ResourceCheck,
     SignedTransfer,
     Simulation,
@@ -44,7 +47,7 @@ from sweeper.chain import (
 )
 from sweeper.domain import address_to_hex
 from sweeper.keys import SigningKey
-from sweeper.protocols import EnergyProvider, SweepChain
+from sweeper.protocols import BlockSource, EnergyProvider, SweepChain
 from sweeper.provider.errors import (
     InsufficientProviderBalance,
     OrderOutcomeUnknown,
@@ -336,17 +339,22 @@ class FakeOrder:
 
 @dataclass
 class FakeProvider(_Faults):
-    """collect-manual and its order query. Orders are delegated at once (`delegate_at_once`), or
-    when the test calls `complete(serial)`; `end(serial, status, refund)` ends one otherwise."""
+    """collect-manual and its order query. An order is delegated when it is first asked about by
+    serial (the pipeline's wait for it: never while the row is still deciding whether to order), or,
+    with `delegate_when_asked = False`, when the test calls `complete(serial)`; `end(serial,
+    status, refund)` ends one otherwise."""
 
     chain: FakeChain
     destination: str
     token: str  # the token collect-manual's energy figure depends on (the destination holds it?)
     price_sun: int = 4_000_000
     balance_sun: int = 1_000_000_000
-    delegate_at_once: bool = True
+    delegate_when_asked: bool = True
     lose_answer: bool = False  # the next order is placed, its answer lost
     orders: dict[str, FakeOrder] = field(default_factory=dict)
+    # Whether the provider refuses an out_trade_no it has seen is not documented: by default it
+    # does not, and a second POST for a row is a second paid order (the invariant catches it).
+    refuse_reused_out_trade_no: bool = False
 
     def __post_init__(self) -> None:
         _Faults.__init__(self)
@@ -380,7 +388,7 @@ class FakeProvider(_Faults):
         address = receive_address
         if to_address != self.destination:
             raise OrderRejected("to_address is not the destination", field_errors={"to_address": ("wrong",)})
-        if self.orders_for(out_trade_no):
+        if self.refuse_reused_out_trade_no and self.orders_for(out_trade_no):
             raise OrderRejected("duplicate", field_errors={"out_trade_no": ("already used",)})
         if self.balance_sun < self.price_sun:
             raise InsufficientProviderBalance("balance too low", balance_sun=self.balance_sun)
@@ -391,8 +399,6 @@ class FakeProvider(_Faults):
         self.orders[serial] = FakeOrder(
             serial, address, to_address, out_trade_no, self.price_sun, energy, created=self.chain.clock()
         )
-        if self.delegate_at_once:
-            self.complete(serial)
         if self.lose_answer:
             self.lose_answer = False
             raise OrderOutcomeUnknown("POST collect-manual sent, answer lost (fake)")
@@ -418,6 +424,8 @@ class FakeProvider(_Faults):
         if not found:
             return OrderNotFound(serial=serial, out_trade_no=out_trade_no, message="not found", raw="{}")
         order = found[0]
+        if serial is not None and self.delegate_when_asked and order.status is OrderStatus.PAID:
+            self.complete(order.serial)
         return Order(
             serial=order.serial,
             status=order.status,
@@ -457,6 +465,110 @@ class FakeProvider(_Faults):
         )
 
 
-def _conforms(chain: FakeChain, provider: FakeProvider) -> tuple[SweepChain, EnergyProvider]:
-    """Never called: mypy checks here that the fakes implement the pipeline's protocols."""
-    return chain, provider
+# --- a chain of blocks, for the follower ---------------------------------------------------------------
+
+
+@dataclass
+class FakeBlock:
+    number: int
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    transactions: int = 0  # what getblockbynum shows (a block without Transfer logs may still have some)
+
+
+@dataclass
+class FakeBlocks(_Faults):
+    """Solidified blocks with their transaction infos in java-tron's visible=false form, and token
+    balances that follow the transfers. Implements `sweeper.protocols.BlockSource`.
+
+    `unserved[n] = k`: the next k answers for block n's infos are `[]` although it has transactions
+    (a load-balanced backend that is behind); `no_infos`: a node without the transaction-info store.
+    """
+
+    solid: int = 0  # the solid head's number
+    blocks: dict[int, FakeBlock] = field(default_factory=dict)
+    balances: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    unserved: dict[int, int] = field(default_factory=dict)
+    no_infos: bool = False
+    balance_reads: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _Faults.__init__(self)
+
+    def mine(
+        self, *transfers: tuple[str, str, str, int], failed: bool = False, internal: bool = False
+    ) -> int:
+        """A new solidified block holding these (token, sender, recipient, amount) transfers, one
+        transaction each; balances move unless the transactions failed."""
+        self.solid += 1
+        block = self.blocks.setdefault(self.solid, FakeBlock(self.solid))
+        for token, sender, recipient, amount in transfers:
+            log_entry = {
+                "address": address_to_hex(token)[2:],
+                "topics": [
+                    "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef",
+                    "0" * 24 + address_to_hex(sender)[2:],
+                    "0" * 24 + address_to_hex(recipient)[2:],
+                ],
+                "data": f"{amount:064x}",
+            }
+            info: dict[str, Any] = {
+                "id": hashlib.sha256(f"{self.solid}-{len(block.infos)}".encode()).hexdigest(),
+                "blockNumber": self.solid,
+                "contract_address": "41" + "ab" * 20 if internal else address_to_hex(token),
+                "receipt": {"result": "REVERT" if failed else "SUCCESS", "energy_usage_total": 64_285},
+                "log": [log_entry],
+            }
+            if failed:
+                info["result"] = "FAILED"
+            block.infos.append(info)
+            block.transactions += 1
+            if not failed:
+                self.balances[token][sender] = self.balances[token].get(sender, 0) - amount
+                self.balances[token][recipient] = self.balances[token].get(recipient, 0) + amount
+        return self.solid
+
+    def mine_empty(self, count: int = 1, *, transactions: int = 0) -> int:
+        """Blocks without Transfer logs (`transactions`: e.g. TRX transfers, which have no logs)."""
+        for _ in range(count):
+            self.solid += 1
+            block = FakeBlock(self.solid, transactions=transactions)
+            block.infos = [
+                {"id": f"{self.solid}-{i}", "blockNumber": self.solid} for i in range(transactions)
+            ]
+            self.blocks[self.solid] = block
+        return self.solid
+
+    # --- sweeper.protocols.BlockSource ---
+
+    async def solid_head(self) -> BlockRef:
+        self._enter("solid_head")
+        return BlockRef(self.solid, f"{self.solid:064x}", 1_764_000_000_000 + self.solid * 3000)
+
+    async def solid_block_transaction_count(self, block_number: int) -> int:
+        self._enter("solid_block_transaction_count")
+        if block_number > self.solid:
+            raise ChainResponseError(f"block {block_number} is not solidified")
+        block = self.blocks.get(block_number)
+        return block.transactions if block else 0
+
+    async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]:
+        self._enter("solid_transaction_infos")
+        if self.no_infos or block_number > self.solid:
+            return []
+        if self.unserved.get(block_number, 0) > 0:
+            self.unserved[block_number] -= 1
+            return []
+        block = self.blocks.get(block_number)
+        return [dict(info) for info in block.infos] if block else []
+
+    async def token_balance(self, holder: str, token: str) -> int:
+        self._enter("token_balance")
+        self.balance_reads.append((holder, token))
+        return max(0, self.balances[token].get(holder, 0))
+
+
+def _conforms(
+    chain: FakeChain, provider: FakeProvider, blocks: FakeBlocks
+) -> tuple[SweepChain, EnergyProvider, BlockSource]:
+    """Never called: mypy checks here that the fakes implement the protocols they stand in for."""
+    return chain, provider, blocks

@@ -17,6 +17,9 @@ change of the table needs a new migration that re-creates the trigger
 (`tests/integration/test_migrations.py` tries every pair against domain.TRANSITIONS and fails until
 it does). On SQLite, a later migration that rebuilds `sweeps` (batch mode, `recreate`) drops these
 triggers with the old table and must create them again; the test of the triggers at head says so.
+On Postgres, a later `ALTER COLUMN state TYPE …` (a longer state name, say) fails with "cannot alter
+type of a column used in a trigger definition": such a migration drops `sweeps_legal_update` first
+and creates it again after (loudly, inside the migration's transaction: nothing is half-done).
 
 Revision ID: 0007
 Revises: 0006

@@ -10,8 +10,9 @@ load a stored transaction):
   Simulation, UnsignedTransfer, SignedTransfer, BroadcastResult, TransferStatus, TokenTransfer, …)
   and their constants (USDT_MAINNET, TRANSFER_BANDWIDTH, DEFAULT_LIFETIME_MS);
 - `transfers`: pure functions, no I/O: a transfer's call data, its strict decoding and verification
-  before signing (why: see there), signature recovery, Transfer-event decoding, and the parsing of
-  constant-call answers (java-tron's forms: see there);
+  before signing (why: see there), signature recovery, Transfer-event decoding (`deposits_in_block`:
+  a block's deposits to watched addresses, for the follower), and the parsing of constant-call
+  answers (java-tron's forms: see there);
 - `transport`: the HTTP layer, tronpy's `AsyncHTTPProvider` subclassed for our API key, the shared
   rate limiter (`sweeper.ratelimit.RateLimiter`) and retries (`sweeper.retry.RetryPolicy`,
   `NODE_RETRY` by default);
@@ -56,6 +57,9 @@ from sweeper.chain.transfers import (
     TRANSFER_TOPIC,
     decode_transfer,
     decode_transfer_logs,
+    deposits_in_block,
+    hex20,
+    token_keys,
     transfer_data,
     verify_transfer,
 )
@@ -90,6 +94,9 @@ __all__ = [
     "UnsignedTransfer",
     "decode_transfer",
     "decode_transfer_logs",
+    "deposits_in_block",
+    "hex20",
+    "token_keys",
     "transfer_data",
     "verify_transfer",
 ]

@@ -50,6 +50,7 @@ from sweeper.chain.transfers import (
     _int,
     _parse_constant_call,
     _recover_signer,
+    _succeeded,
     decode_transfer_logs,
     transfer_data,
     verify_transfer,
@@ -541,8 +542,45 @@ class TronChain:
         known = await self._dict("wallet/gettransactionbyid", {"value": txid, "visible": False})
         return bool(known)
 
+    # --- following blocks (the node's answer forms: docs/design.md, "Following blocks") ---
+
+    async def solid_head(self) -> BlockRef:
+        """The latest solidified block (`walletsolidity/getnowblock`): one request."""
+        return await self.latest_solid_block()
+
+    async def solid_block_transaction_count(self, block_number: int) -> int:
+        """How many transactions a solidified block holds (`walletsolidity/getblockbynum`): one request.
+
+        What makes a `[]` from `solid_transaction_infos` trustworthy: java-tron answers `[]` both for
+        an empty block and for a block it cannot serve, but this endpoint answers the block (without a
+        `transactions` key when it is empty) or `{}` when the node does not have it solidified (not yet
+        solid, or a load-balanced backend that is behind): that raises ChainResponseError, never 0.
+        (`gettransactioncountbyblocknum` answers `{"count": 0}` for a block it does not have: unusable.)
+        """
+        block = await self._dict("walletsolidity/getblockbynum", {"num": block_number, "visible": False})
+        if not block:
+            raise ChainResponseError(
+                f"getblockbynum: the node has no solidified block {block_number} (not yet solid, or not kept)"
+            )
+        try:
+            number = int(block["block_header"]["raw_data"].get("number", 0))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ChainResponseError(f"getblockbynum {block_number}: malformed block") from None
+        if number != block_number:
+            raise ChainResponseError(f"asked for block {block_number}, the node answered block {number}")
+        transactions = block.get("transactions", [])
+        if not isinstance(transactions, list):
+            raise ChainResponseError(f"getblockbynum {block_number}: transactions is not a list")
+        return len(transactions)
+
     async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]:
-        """All receipts of a solidified block (visible=false: log addresses are bare 20-byte hex)."""
+        """All transaction infos of a solidified block (`walletsolidity/gettransactioninfobyblocknum`,
+        visible=false: log addresses are bare 20-byte hex): one request.
+
+        `[]` (and the `{}` java-tron answers for a number <= 0) come back as `[]`, which means an empty
+        block OR a block this node cannot serve: only `solid_block_transaction_count` tells them apart.
+        An info about another block, or an entry that is not an object, raises ChainResponseError.
+        """
         answer = await self._request(
             "walletsolidity/gettransactioninfobyblocknum", {"num": block_number, "visible": False}
         )
@@ -550,16 +588,22 @@ class TronChain:
             return []
         if not isinstance(answer, list):
             raise ChainResponseError("gettransactioninfobyblocknum: expected a JSON array")
-        return [entry for entry in answer if isinstance(entry, dict)]
+        for info in answer:
+            if not isinstance(info, dict):
+                raise ChainResponseError("gettransactioninfobyblocknum: an entry is not a JSON object")
+            if info.get("blockNumber", block_number) != block_number:
+                raise ChainResponseError(
+                    f"asked for the infos of block {block_number}, got one of block {info.get('blockNumber')}"
+                )
+        return answer
 
     async def token_transfers_in_block(
         self, block_number: int, token: str = USDT_MAINNET
     ) -> list[TokenTransfer]:
-        """Successful Transfer events of `token` in a solidified block (the scanner's follow mode)."""
+        """Successful Transfer events of `token` in a solidified block, whoever the recipient.
+        (The follower uses `solid_transaction_infos` + `transfers.deposits_in_block`.)"""
         out: list[TokenTransfer] = []
         for info in await self.solid_transaction_infos(block_number):
-            receipt = info.get("receipt") or {}
-            if info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS":
-                continue
-            out.extend(decode_transfer_logs(info, token))
+            if _succeeded(info):
+                out.extend(decode_transfer_logs(info, token))
         return out

@@ -12,10 +12,14 @@ java-tron's answer forms (tests/fixtures/constant-call-forms.json quotes the sou
 `result.message` ("REVERT opcode executed") with `transaction.ret[0].ret == "FAILED"`;
 `energy_used` already includes the dynamic-energy `energy_penalty`; a `result.code` means the call
 did not run at all (CONTRACT_VALIDATE_ERROR, OTHER_ERROR).
+
+A solidified block's transaction infos (`walletsolidity/gettransactioninfobyblocknum`, see
+`deposits_in_block`; forms in docs/design.md, "Following blocks: the node's answers").
 """
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from tronpy.exceptions import BadSignature
@@ -155,22 +159,128 @@ def verify_transfer(
     return decoded
 
 
+def hex20(address: str) -> str:
+    """'T…' -> its 20 bytes as 40 lower-case hex (no 0x41): the key `deposits_in_block` compares."""
+    return address_to_hex(address)[2:]
+
+
+def token_keys(tokens: Iterable[str]) -> dict[str, str]:
+    """The `tokens` mapping `deposits_in_block` takes: token hex20 -> token 'T…'."""
+    return {hex20(token): token for token in tokens}
+
+
+def _raw20(value: Any) -> str:
+    """A log address as java-tron writes it with visible=false (20-byte hex; 0x41-prefixed and 0x
+    forms accepted) -> 40 lower-case hex, or "" for anything else (a base58 rendering included)."""
+    if not isinstance(value, str):
+        return ""
+    text = value.lower()
+    if len(text) == 40:
+        return text
+    if len(text) == 42:
+        if text.startswith("41"):
+            return text[2:]
+        if text.startswith("0x"):
+            return text[2:]
+    return ""
+
+
+_ZERO_WORD_HEAD: Final = "0" * 24
+
+
+def _succeeded(info: Mapping[str, Any]) -> bool:
+    """A transaction info's outcome: java-tron writes `result: "FAILED"` (SUCESS, the default, is not
+    rendered) and, for a contract call, `receipt.result` SUCCESS / REVERT / OUT_OF_ENERGY / … (a TRX
+    transfer's receipt has no result: DEFAULT is not rendered either)."""
+    if info.get("result") == "FAILED":
+        return False
+    receipt = info.get("receipt")
+    return not isinstance(receipt, dict) or receipt.get("result", "SUCCESS") == "SUCCESS"
+
+
+def deposits_in_block(
+    infos: Sequence[Mapping[str, Any]],
+    tokens: Mapping[str, str],
+    watched: Container[str],
+) -> list[TokenTransfer]:
+    """The deposits in a block's transaction infos (`gettransactioninfobyblocknum`, visible=false):
+    every `Transfer(from, to, value)` log (topic0 = TRANSFER_TOPIC, exactly 3 topics) of a successful
+    transaction, emitted by one of `tokens` (token hex20 -> token 'T…', see `token_keys`), whose
+    recipient is in `watched` (hex20: 40 lower-case hex, no 0x41; see `hex20`), with a value above 0.
+
+    The log's own address is compared, never the transaction's `contract_address`: a payout contract
+    that calls the token emits the token's Transfer from inside its call. A failed transaction's logs
+    are ignored (java-tron drops them, VMActuator clears the list on a revert; a node that kept them
+    would still not move money). A zero-value Transfer cannot raise a balance and is not a deposit.
+
+    Fast by order of the checks: the token lookup and the recipient lookup come before any base58
+    encoding (base58check costs a sha256 per address), so only kept logs pay for it.
+    """
+    out: list[TokenTransfer] = []
+    for info in infos:
+        logs = info.get("log")
+        if not logs or not _succeeded(info):
+            continue
+        txid: str | None = None
+        for index, entry in enumerate(logs):
+            token = tokens.get(_raw20(entry.get("address")))
+            if token is None:
+                continue
+            topics = entry.get("topics")
+            if not isinstance(topics, list) or len(topics) != 3:
+                continue
+            topic0, topic1, topic2 = topics
+            if not isinstance(topic2, str) or len(topic2) != 64:
+                continue
+            if topic0 != TRANSFER_TOPIC and str(topic0).lower() != TRANSFER_TOPIC:
+                continue
+            recipient20 = topic2[24:].lower()
+            if recipient20 not in watched or topic2[:24] != _ZERO_WORD_HEAD:
+                continue
+            transfer = _transfer(entry, topic1, recipient20, token, index)
+            if transfer is None:
+                continue
+            if txid is None:
+                txid = str(info.get("id", "")).lower()
+            out.append(TokenTransfer(txid, *transfer))
+    return out
+
+
+def _transfer(
+    entry: Mapping[str, Any], topic1: Any, recipient20: str, token: str, index: int
+) -> tuple[str, str, str, int, int] | None:
+    """(token, sender, recipient, amount, log index) of a matching log; None if it is malformed."""
+    data = entry.get("data")
+    if not isinstance(topic1, str) or len(topic1) != 64 or topic1[:24] != _ZERO_WORD_HEAD:
+        return None
+    if not isinstance(data, str) or not data:
+        return None
+    try:
+        amount = int(data, 16)
+        sender = hex_to_address(topic1[24:])
+        recipient = hex_to_address(recipient20)
+    except (ValueError, InvalidAddress):
+        return None
+    if amount <= 0:
+        return None
+    return token, sender, recipient, amount, index
+
+
 def decode_transfer_logs(info: dict[str, Any], token: str) -> list[TokenTransfer]:
-    """The token's Transfer events in a transaction info fetched with visible=false.
+    """The token's Transfer events in a transaction info fetched with visible=false, whoever the
+    recipient (the pipeline's confirmation reads them). The outcome is the caller's to check.
 
     java-tron renders a log's address as the bare 20-byte hex (no 0x41), topics as 32-byte hex.
     """
-    token20 = address_to_hex(token)[2:]
+    token20 = hex20(token)
     txid = str(info.get("id", ""))
     out: list[TokenTransfer] = []
     for index, entry in enumerate(info.get("log") or []):
-        address = str(entry.get("address", "")).lower().removeprefix("0x")
-        if len(address) == 42 and address.startswith("41"):
-            address = address[2:]
+        address = _raw20(entry.get("address"))
         topics = [str(t).lower() for t in entry.get("topics") or []]
         if address != token20 or len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
             continue
-        if topics[1][:24] != "0" * 24 or topics[2][:24] != "0" * 24:
+        if topics[1][:24] != _ZERO_WORD_HEAD or topics[2][:24] != _ZERO_WORD_HEAD:
             continue
         try:
             amount = int(str(entry.get("data") or "0"), 16)

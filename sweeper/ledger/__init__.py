@@ -2,11 +2,14 @@
 
 from sweeper.errors import LedgerError
 from sweeper.ledger.db import SchemaNotReady, make_engine, require_head, upgrade
-from sweeper.ledger.ledger import ORDERING_PAUSE, Ledger, token_pause_name, utc_day
+from sweeper.ledger.ledger import FOLLOW_BLOCKS, ORDERING_PAUSE, Ledger, token_pause_name, utc_day
 from sweeper.ledger.lock import LedgerLocked, SqliteLedgerLock
 from sweeper.ledger.records import (
     CooldownRecord,
+    CursorRefused,
     DepositAddressRecord,
+    FollowCursorRecord,
+    FollowLease,
     HoldRecord,
     NewAddress,
     OpenSweepExists,
@@ -20,9 +23,13 @@ from sweeper.ledger.records import (
 )
 
 __all__ = [
+    "FOLLOW_BLOCKS",
     "ORDERING_PAUSE",
     "CooldownRecord",
+    "CursorRefused",
     "DepositAddressRecord",
+    "FollowCursorRecord",
+    "FollowLease",
     "HoldRecord",
     "Ledger",
     "LedgerError",

@@ -9,6 +9,8 @@ means its worker died, and the row is picked up again (a row is claimable at `no
 from __future__ import annotations
 
 import json
+import math
+import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -32,6 +34,7 @@ from sweeper.ledger.models import (
     AddressHold,
     BudgetDay,
     DepositAddress,
+    FollowCursor,
     Pause,
     ScanProgress,
     Sweep,
@@ -40,7 +43,10 @@ from sweeper.ledger.models import (
 from sweeper.ledger.records import (
     OUT_TRADE_NO,
     CooldownRecord,
+    CursorRefused,
     DepositAddressRecord,
+    FollowCursorRecord,
+    FollowLease,
     HoldRecord,
     NewAddress,
     OpenSweepExists,
@@ -51,6 +57,7 @@ from sweeper.ledger.records import (
     SweepEventRecord,
     SweepNotFound,
     SweepRecord,
+    _follow_cursor_record,
     _hold_record,
     _pause_record,
     _scan_state,
@@ -65,11 +72,14 @@ holds = cast(Table, AddressHold.__table__)
 cooldowns = cast(Table, AddressCooldown.__table__)
 pauses = cast(Table, Pause.__table__)
 budget_days = cast(Table, BudgetDay.__table__)
+follow_cursor = cast(Table, FollowCursor.__table__)
 
 # Unpaid failures space the next attempt for the (address, token): 5 min, doubling, at most a day.
 COOLDOWN_BASE_SECONDS = 300
 COOLDOWN_MAX_SECONDS = 86_400
 ORDERING_PAUSE = "ordering"
+# The block follower's row in `follow_cursor` (what `stats()` reports).
+FOLLOW_BLOCKS = "blocks"
 # States in which a sweep has (or is getting) energy on its address.
 BUSY_STATES = (
     SweepState.ORDERING,
@@ -108,6 +118,17 @@ def _check_amount(name: str, value: int, *, limit: int = MAX_BASE_UNITS) -> None
 
 def _check_token_amount(name: str, value: int) -> None:
     _check_amount(name, value, limit=MAX_TOKEN_UNITS)
+
+
+def _check_lease_seconds(value: float) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"lease_seconds={value!r} must be a positive number of seconds")
+
+
+def _check_block(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BASE_UNITS:
+        raise ValueError(f"{name}={value!r} is not a block number")
 
 
 class Ledger:
@@ -891,8 +912,8 @@ class Ledger:
                 id=r.id,
                 sweep_id=r.sweep_id,
                 at=r.at,
-                from_state=SweepState(r.from_state) if r.from_state is not None else None,
-                to_state=SweepState(r.to_state),
+                from_state=_event_state(r.from_state) if r.from_state is not None else None,
+                to_state=_event_state(r.to_state),
                 reason=r.reason,
                 actor=r.actor,
                 data=json.loads(r.data) if r.data else None,
@@ -931,6 +952,11 @@ class Ledger:
                 )
             ).scalar_one()
             paused = conn.execute(select(pauses.c.reason).where(pauses.c.name == ORDERING_PAUSE)).scalar()
+            following = conn.execute(
+                select(follow_cursor.c.next_block, follow_cursor.c.advanced_at).where(
+                    follow_cursor.c.name == FOLLOW_BLOCKS
+                )
+            ).first()
         return Stats(
             by_state=by_state,
             swept_by_token=swept,
@@ -939,6 +965,10 @@ class Ledger:
             held=int(held),
             spent_today_sun=int(spent),
             ordering_paused=paused,
+            follow_next_block=None
+            if following is None or following.next_block is None
+            else int(following.next_block),
+            follow_advanced_at=None if following is None else following.advanced_at,
         )
 
     # --- deposit addresses ------------------------------------------------------------------
@@ -1036,6 +1066,17 @@ class Ledger:
             ).all()
         return [(int(r.id), str(r.address)) for r in rows]
 
+    def watched_added_since(self, since: datetime) -> list[str]:
+        """Watched deposit addresses registered at or after `since` (the block follower reads their
+        balances once: deposits made before they were watched are in blocks it never looked at)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(addresses.c.address)
+                .where(addresses.c.created_at >= since, addresses.c.watched.is_(True))
+                .order_by(addresses.c.id)
+            ).all()
+        return [str(r.address) for r in rows]
+
     def address_busy(self, address: str, *, other_than: int) -> int | None:
         """Another sweep of `address` past `queued` (it has, or is getting, energy there): its id."""
         with self.engine.connect() as conn:
@@ -1118,9 +1159,228 @@ class Ledger:
             row = conn.execute(select(scan_progress).where(scan_progress.c.name == name)).first()
         return _scan_state(row) if row is not None else None
 
+    # --- block following: the cursor and its lease -------------------------------------------
+    #
+    # One `follow_cursor` row per follower ("blocks"). Exactly one daemon moves it: the holder of
+    # the lease. A take writes a NEW random token, and every write (renew, advance, start, initial
+    # pass done) presents the token and requires `lease_until > now` in the same transaction, so a
+    # holder that stalled past its lease and was taken over changes nothing, whatever its own view
+    # of time or of its connection. (A pooled connection's advisory lock can vanish with the
+    # connection and nobody notices; a token in the row cannot.) All times are the database's.
+    # Postgres: the row is locked (SELECT ... FOR UPDATE); SQLite: transactions are IMMEDIATE.
+
+    def take_follow_lease(self, name: str, holder: str, lease_seconds: float) -> FollowLease | None:
+        """Take the lease on `name`'s cursor (the row is created if missing): when it is free,
+        released or run out, or already `holder`'s. Every take issues a NEW token, so taking again
+        as the same holder fences off any earlier task of ours still holding the old one. None: another
+        holder's lease is still running (try again after its `lease_until`)."""
+        _check_lease_seconds(lease_seconds)
+        if not holder:
+            raise ValueError("a lease holder must be named")
+        now = self.now()
+        token = secrets.token_hex(8)
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self.engine.begin() as conn:
+            if conn.execute(select(follow_cursor.c.name).where(follow_cursor.c.name == name)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(follow_cursor).values(name=name, started_at=now, updated_at=now))
+                except IntegrityError:  # another daemon made it first: fine, lock theirs
+                    pass
+            row = conn.execute(
+                select(follow_cursor).where(follow_cursor.c.name == name).with_for_update()
+            ).one()
+            running = row.lease_token is not None and row.lease_until > now
+            if running and row.holder != holder:
+                return None
+            conn.execute(
+                update(follow_cursor)
+                .where(
+                    follow_cursor.c.name == name,
+                    follow_cursor.c.lease_token.is_not_distinct_from(row.lease_token),
+                )
+                .values(holder=holder, lease_token=token, lease_until=lease_until, updated_at=now)
+            )
+        return FollowLease(
+            name=name,
+            holder=holder,
+            token=token,
+            lease_until=lease_until,
+            next_block=None if row.next_block is None else int(row.next_block),
+            start_block=None if row.start_block is None else int(row.start_block),
+            start_recorded_at=row.start_recorded_at,
+            initial_poll_done=row.initial_poll_done_at is not None,
+            previous_holder=row.holder,
+        )
+
+    def renew_follow_lease(self, name: str, token: str, lease_seconds: float) -> bool:
+        """Extend our lease to now + `lease_seconds`. False: it was lost (taken over, released, or
+        already run out): the caller must stop following at once and take the lease again."""
+        _check_lease_seconds(lease_seconds)
+        now = self.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(follow_cursor)
+                .where(
+                    follow_cursor.c.name == name,
+                    follow_cursor.c.lease_token == token,
+                    follow_cursor.c.lease_until > now,
+                )
+                .values(lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+            )
+            return result.rowcount == 1
+
+    def advance_cursor(
+        self,
+        name: str,
+        token: str,
+        next_block: int,
+        *,
+        expected_next: int | None = None,
+        block_time: datetime | None = None,
+    ) -> bool:
+        """Every block before `next_block` is processed: move the cursor there.
+
+        False, nothing written: the lease was lost (token not current, or run out). Forward only:
+        raises CursorRefused, nothing written, for a move backwards, for a cursor whose start was
+        never recorded (`set_follow_start`), or when `expected_next` (the cursor the batch started
+        from) is not the cursor any more (a skip). `next_block` equal to the cursor is a no-op.
+        `block_time`: the time of block `next_block - 1` (for the lag in seconds).
+        """
+        _check_block("next_block", next_block)
+        if block_time is not None and block_time.tzinfo is None:
+            raise ValueError("block_time must be an aware UTC datetime")
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = self._leased_cursor(conn, name, token, now)
+            if row is None:
+                return False
+            current = row.next_block
+            if current is None:
+                raise CursorRefused(f"follower {name!r} has no start block yet: set_follow_start first")
+            if expected_next is not None and current != expected_next:
+                raise CursorRefused(
+                    f"follower {name!r} is at block {current}, not {expected_next} where this batch "
+                    f"started; moving it to {next_block} could skip blocks; nothing written"
+                )
+            if next_block < current:
+                raise CursorRefused(
+                    f"follower {name!r} is at block {current}; it never goes back (to {next_block})"
+                )
+            if next_block == current:
+                return True
+            values: dict[str, Any] = {"next_block": next_block, "advanced_at": now, "updated_at": now}
+            if block_time is not None:
+                values["last_block_at"] = block_time
+            result = conn.execute(
+                update(follow_cursor)
+                .where(
+                    follow_cursor.c.name == name,
+                    follow_cursor.c.lease_token == token,
+                    follow_cursor.c.next_block == current,
+                )
+                .values(**values)
+            )
+            # The row lock above makes a miss unreachable; the guard keeps it so without the lock.
+            return bool(result.rowcount == 1)
+
+    def set_follow_start(self, name: str, token: str, block: int) -> FollowCursorRecord | None:
+        """A fresh ledger: record `block` (the solid head read just now, BEFORE the first full poll
+        pass begins) as the first block to follow, with the time it was recorded. Set once: if the
+        cursor already has a start (a restart, a take-over mid-pass), nothing changes and the
+        record shows the one kept. None: the lease was lost, nothing written."""
+        _check_block("block", block)
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = self._leased_cursor(conn, name, token, now)
+            if row is None:
+                return None
+            if row.next_block is None:
+                conn.execute(
+                    update(follow_cursor)
+                    .where(
+                        follow_cursor.c.name == name,
+                        follow_cursor.c.lease_token == token,
+                        follow_cursor.c.next_block.is_(None),
+                    )
+                    .values(next_block=block, start_block=block, start_recorded_at=now, updated_at=now)
+                )
+            return _follow_cursor_record(
+                conn.execute(select(follow_cursor).where(follow_cursor.c.name == name)).one()
+            )
+
+    def mark_initial_poll_done(self, name: str, token: str, *, pass_started_at: datetime) -> bool:
+        """The first full poll pass, begun at `pass_started_at`, is complete (idempotent).
+
+        Refuses (CursorRefused, nothing written) a pass that began before the start block was
+        recorded: an address it read before then could have received a deposit in a block before
+        the start, which following never reads; run a new pass. False: the lease was lost.
+        """
+        if pass_started_at.tzinfo is None:
+            raise ValueError("pass_started_at must be an aware UTC datetime")
+        now = self.now()
+        with self.engine.begin() as conn:
+            row = self._leased_cursor(conn, name, token, now)
+            if row is None:
+                return False
+            if row.start_recorded_at is None:
+                raise CursorRefused(
+                    f"follower {name!r} has no start block: record it (set_follow_start) before the "
+                    "initial poll pass"
+                )
+            if pass_started_at < row.start_recorded_at:
+                raise CursorRefused(
+                    f"that poll pass began at {pass_started_at.isoformat()}, before follower {name!r} "
+                    f"recorded its start block at {row.start_recorded_at.isoformat()}: it does not "
+                    "cover the blocks before the start; run a new pass"
+                )
+            if row.initial_poll_done_at is None:
+                conn.execute(
+                    update(follow_cursor)
+                    .where(follow_cursor.c.name == name, follow_cursor.c.lease_token == token)
+                    .values(initial_poll_done_at=now, updated_at=now)
+                )
+        return True
+
+    def release_follow_lease(self, name: str, token: str) -> bool:
+        """Give the lease up (clean shutdown), so another daemon takes over at once. False: it was
+        not ours any more (nothing changed). The cursor stays where it is."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(follow_cursor)
+                .where(follow_cursor.c.name == name, follow_cursor.c.lease_token == token)
+                .values(holder=None, lease_token=None, lease_until=None, updated_at=now)
+            )
+            return result.rowcount == 1
+
+    def follow_cursor(self, name: str = FOLLOW_BLOCKS) -> FollowCursorRecord | None:
+        """The follower's cursor and lease as stored (None: no daemon ever tried to follow)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(follow_cursor).where(follow_cursor.c.name == name)).first()
+        return _follow_cursor_record(row) if row is not None else None
+
+    def _leased_cursor(self, conn: Connection, name: str, token: str, now: datetime) -> Any:
+        """The cursor row, locked, if `token` holds its lease and the lease runs past `now`."""
+        row = conn.execute(
+            select(follow_cursor).where(follow_cursor.c.name == name).with_for_update()
+        ).first()
+        if row is None or row.lease_token != token or row.lease_until is None or row.lease_until <= now:
+            return None
+        return row
+
 
 def _is_open_sweep_conflict(exc: IntegrityError) -> bool:
     text = str(exc.orig)
     return "uq_sweeps_open_address_token" in text or (
         "UNIQUE constraint failed: sweeps.address, sweeps.token" in text
     )
+
+
+def _event_state(value: str) -> SweepState:
+    """A history row's state. `sweep_events` has no CHECK on its states (history is never rewritten,
+    and a state may be renamed later): a value that is no SweepState is shown as it is, not a crash."""
+    try:
+        return SweepState(value)
+    except ValueError:
+        return cast(SweepState, value)

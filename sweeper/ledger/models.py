@@ -303,3 +303,45 @@ class BudgetDay(Base):
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class FollowCursor(Base):
+    """Block following (0008): one row per follower ("blocks"): where it is, and who may move it.
+
+    `next_block` is the first block NOT yet processed (NULL: following never started). Only the
+    holder of the lease moves it, presenting `lease_token` (random per take) while `lease_until`
+    (the database's clock) has not passed; a take writes a new token, fencing off the last holder.
+    `start_block` / `start_recorded_at`: where following began on a fresh ledger and when that was
+    written; `initial_poll_done_at`: the full poll pass that covers the balances before it ended.
+    """
+
+    __tablename__ = "follow_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    start_block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    start_recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    initial_poll_done_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the cursor last moved, and the time of the last block processed (next_block - 1).
+    advanced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_block_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(
+            "(next_block IS NULL AND start_block IS NULL AND start_recorded_at IS NULL) OR "
+            "(next_block IS NOT NULL AND start_block IS NOT NULL AND start_recorded_at IS NOT NULL "
+            "AND start_block >= 0 AND next_block >= start_block)",
+            name="blocks",
+        ),
+        CheckConstraint("initial_poll_done_at IS NULL OR start_block IS NOT NULL", name="initial_poll"),
+        CheckConstraint(
+            "(holder IS NULL AND lease_token IS NULL AND lease_until IS NULL) OR "
+            "(holder IS NOT NULL AND lease_token IS NOT NULL AND lease_until IS NOT NULL)",
+            name="lease",
+        ),
+    )

@@ -177,6 +177,67 @@ class Stats:
     held: int = 0  # (address, token) pairs held after a paid failure
     spent_today_sun: int = 0  # charges against today's (UTC) cap, reservations included
     ordering_paused: str | None = None  # why ordering is paused (a cost anomaly), if it is
+    follow_next_block: int | None = None  # the block follower's cursor (None: not following yet)
+    follow_advanced_at: datetime | None = None  # when the cursor last moved
+
+
+class CursorRefused(LedgerError):
+    """A cursor write that would skip, go back or come before its start: a bug, nothing written."""
+
+
+@dataclass(frozen=True)
+class FollowLease:
+    """A lease just taken on a follower's cursor: present `token` with every write."""
+
+    name: str
+    holder: str
+    token: str
+    lease_until: datetime
+    next_block: int | None  # the first block not yet processed; None: following never started
+    start_block: int | None
+    start_recorded_at: datetime | None  # a pass that began before this does not count as initial
+    initial_poll_done: bool
+    previous_holder: str | None  # whose lease ran out (or was released) before this take
+
+
+@dataclass(frozen=True)
+class FollowCursorRecord:
+    """A follower's cursor as monitoring sees it (the lease token is not handed out)."""
+
+    name: str
+    next_block: int | None
+    start_block: int | None
+    start_recorded_at: datetime | None
+    initial_poll_done_at: datetime | None
+    holder: str | None
+    lease_until: datetime | None
+    advanced_at: datetime | None
+    last_block_at: datetime | None  # the time of block next_block - 1, if the follower gave it
+    started_at: datetime
+    updated_at: datetime
+
+    def leased_at(self, now: datetime) -> bool:
+        return self.holder is not None and self.lease_until is not None and self.lease_until > now
+
+    def lag_blocks(self, solid_head: int) -> int | None:
+        """Solid blocks not yet processed (None before following started)."""
+        return None if self.next_block is None else max(0, solid_head + 1 - self.next_block)
+
+
+def _follow_cursor_record(row: Row[Any]) -> FollowCursorRecord:
+    return FollowCursorRecord(
+        name=row.name,
+        next_block=None if row.next_block is None else int(row.next_block),
+        start_block=None if row.start_block is None else int(row.start_block),
+        start_recorded_at=row.start_recorded_at,
+        initial_poll_done_at=row.initial_poll_done_at,
+        holder=row.holder,
+        lease_until=row.lease_until,
+        advanced_at=row.advanced_at,
+        last_block_at=row.last_block_at,
+        started_at=row.started_at,
+        updated_at=row.updated_at,
+    )
 
 
 def _pause_record(row: Row[Any]) -> PauseRecord:

@@ -58,7 +58,7 @@ from sweeper.provider.models import (
 from sweeper.provider.signing import _scrub_secrets, canonical_json, sign
 from sweeper.retry import PROVIDER_RETRY, RetryPolicy
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("sweeper.provider")  # the name before the package split: log filters keep matching
 
 API_PREFIX: Final = "/api/v1/frontend"
 # How much of a raw answer we keep (for the ledger and exception texts).

@@ -2,8 +2,10 @@
 
 End-to-end tests start `python -m sweeper.sandbox`, read its JSON line, and use this client for
 everything they do to the outside world: fund deposit addresses, read balances and resources,
-produce blocks, hold broadcasts or solidification, switch the provider's failures, and list the
-provider's orders. It talks to the node's and the provider's `/_sandbox/*` routes (loopback only).
+produce blocks, record transactions to be found by following blocks (a deposit by an internal
+call, a failed transfer with a log), hold broadcasts or solidification, switch the node's and the
+provider's failures, and list the provider's orders. It talks to the node's and the provider's
+`/_sandbox/*` routes (loopback only).
 
     control = SandboxControl(info["node_url"], info["provider_url"])
     control.credit_usdt(deposit, 25_000_000)
@@ -360,6 +362,28 @@ class SandboxControl:
         data = self._call("GET", f"{self.node_url}/_sandbox/transactions", params=params)
         return [ChainTransaction.from_json(t) for t in data["transactions"]]
 
+    # --- node: transactions the sweeper does not send (pending until the next block) -----------
+
+    def _recorded(self, op: str, **params: Any) -> str:
+        data = self._call("POST", f"{self.node_url}/_sandbox/control", json={"op": op, **params})
+        return str(data["txid"])
+
+    def token_transfer(self, address: str, amount: int, contract: str | None = None) -> str:
+        """A successful token transfer (USDT unless `contract`) to `address`; returns its txid."""
+        return self._recorded("token_transfer", address=address, amount=amount, contract=contract)
+
+    def internal_deposit(self, address: str, amount: int, contract: str | None = None) -> str:
+        """A payout contract's call whose token Transfer to `address` comes from an internal call."""
+        return self._recorded("internal_deposit", address=address, amount=amount, contract=contract)
+
+    def failed_transfer_with_log(self, address: str, amount: int, contract: str | None = None) -> str:
+        """A REVERTed transfer whose info still carries a Transfer log to `address` (nothing moves)."""
+        return self._recorded("failed_transfer_with_log", address=address, amount=amount, contract=contract)
+
+    def trx_transfer(self, address: str, sun: int) -> str:
+        """A TRX transfer to `address` (no logs)."""
+        return self._recorded("trx_transfer", address=address, sun=sun)
+
     # --- node: blocks and broadcasts --------------------------------------------------------
 
     def node_state(self) -> NodeState:
@@ -407,8 +431,15 @@ class SandboxControl:
         fail_status: int | None = None,
         forge_txid: bool | None = None,
         drop_broadcasts: bool | None = None,
+        no_transaction_info: bool | None = None,
+        lagging_infos: int | None = None,
     ) -> NodeState:
-        """Set the node's failure switches (None = leave unchanged; `max_rps=0` removes the limit)."""
+        """Set the node's failure switches (None = leave unchanged; `max_rps=0` removes the limit).
+
+        no_transaction_info: a node without the transaction-info store (gettransactioninfobyblocknum
+        always `[]`); lagging_infos: each block with transactions answers `[]` to its first N
+        gettransactioninfobyblocknum requests (a load-balanced endpoint with a backend behind).
+        """
         changes: dict[str, Any] = {
             k: v
             for k, v in (
@@ -418,6 +449,8 @@ class SandboxControl:
                 ("fail_status", fail_status),
                 ("forge_txid", forge_txid),
                 ("drop_broadcasts", drop_broadcasts),
+                ("no_transaction_info", no_transaction_info),
+                ("lagging_infos", lagging_infos),
             )
             if v is not None
         }

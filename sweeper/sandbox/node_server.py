@@ -22,11 +22,19 @@ Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "swit
 - `forge_txid`: getsignweight returns the txid of a different transaction (same owner, amount,
   contract; an attacker's destination) — a client that signs the node's txid is robbed;
 - `drop_broadcasts`: answer "accepted" but forget the transaction (it is never mined);
+- `no_transaction_info`: a node without the transaction-info store (java-tron's
+  `storage.transHistory.switch = "off"`): `gettransactioninfobyblocknum` always answers `[]`,
+  `gettransactioninfobyid` `{}`;
+- `lagging_infos` (N): a load-balanced endpoint whose backends are at different heights: each block
+  that has transactions answers `[]` to its first N `gettransactioninfobyblocknum` requests;
 and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
 `world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`, and the USDT
 contract's state: `world.blacklist(address)`, `world.pause_usdt()`, `world.set_energy_penalty(n)`
 (control ops `blacklist` {address, held}, `pause_usdt` {held}, `energy_penalty` {amount}).
-`triggerconstantcontract` and `estimateenergy` answer in java-tron's forms (see `_run_call`).
+`triggerconstantcontract` and `estimateenergy` answer in java-tron's forms (see `_run_call`);
+blocks and transaction infos too (docs/design.md, "Following blocks: the node's answers"), with
+transactions the sweeper does not send recorded by world helpers (`world.token_transfer`,
+`internal_deposit`, `failed_transfer_with_log`, `trx_transfer`; control ops of the same names).
 Blocks are produced on demand (`world.produce_block(s)`, the `produce_blocks` control op) or by the
 ticker (the `block_interval` control op starts/stops it); tests should produce them on demand and
 wait on observable state, never on time.
@@ -137,6 +145,8 @@ class NodeSwitches:
     fail_status: int = 503
     forge_txid: bool = False
     drop_broadcasts: bool = False
+    no_transaction_info: bool = False
+    lagging_infos: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,15 @@ def _render_address(address: str, visible: bool) -> str:
 
 
 def _render_log_address(address: str, visible: bool) -> str:
-    """java-tron's quirk: a log address is the bare 20 bytes (hex), or base58check of those 20 bytes."""
+    """A transaction info's log address (gettransactioninfobyid / -byblocknum): the bare 20 bytes as
+    hex; with visible=true the servlets first put 0x41 back (Util.convertLogAddressToTronAddress), so
+    it is the ordinary T-address."""
+    return address if visible else address_to_hex(address)[2:]
+
+
+def _render_constant_log_address(address: str, visible: bool) -> str:
+    """A constant call's log address (TransactionExtention.logs, printed without that conversion):
+    the bare 20 bytes as hex, or base58check of those 20 bytes (USDT: G9AHnMvAgqKJ2eWErupYfdzu6hgWVUZqu)."""
     raw20 = bytes.fromhex(address_to_hex(address)[2:])
     return base58.b58encode_check(raw20).decode() if visible else raw20.hex()
 
@@ -212,6 +230,7 @@ class SandboxNode:
         self._broadcast_gate = threading.Event()
         self._broadcast_gate.set()
         self._held = 0
+        self._info_asks: collections.Counter[int] = collections.Counter()  # for `lagging_infos`
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self.block_interval: float | None = None  # the ticker's period while it runs
@@ -380,13 +399,14 @@ class SandboxNode:
             },
         }
         txs = [self.world.transactions[t] for t in block.txids if t in self.world.transactions]
-        if txs:
-            out["transactions"] = [self._render_tx(tx, visible) for tx in txs]
+        if txs:  # Util.printBlockToJSON: no `transactions` key for an empty block
+            out["transactions"] = [self._render_tx(tx, visible, in_block=True) for tx in txs]
         return out
 
-    def _render_tx(self, tx: TxRecord, visible: bool) -> dict[str, Any]:
+    def _render_tx(self, tx: TxRecord, visible: bool, *, in_block: bool = False) -> dict[str, Any]:
         out = tx.as_json()
-        out["visible"] = visible
+        if not in_block:
+            out["visible"] = visible
         raw = json.loads(json.dumps(out["raw_data"]))
         value = raw["contract"][0]["parameter"]["value"]
         for key in ("owner_address", "contract_address", "to_address"):
@@ -578,7 +598,7 @@ class SandboxNode:
         out["constant_result"] = [run.output]
         if run.logs:
             out["logs"] = [
-                {"address": _render_log_address(addr, visible), "topics": list(topics), "data": data}
+                {"address": _render_constant_log_address(addr, visible), "topics": list(topics), "data": data}
                 for addr, topics, data in run.logs
             ]
         out["transaction"] = self._constant_transaction(
@@ -717,6 +737,9 @@ class SandboxNode:
         if tx.contract is not None:
             out["contractResult"] = [f"{1:064x}" if r.result == "SUCCESS" else ""]
             out["contract_address"] = _render_address(tx.contract, visible)
+        else:  # no VM: an empty return value, no contract, receipt.result DEFAULT (not rendered)
+            out["contractResult"] = [""]
+            receipt.pop("result")
         out["receipt"] = receipt
         if r.logs:
             out["log"] = [
@@ -725,10 +748,13 @@ class SandboxNode:
             ]
         if r.result not in ("SUCCESS",):
             out["result"] = "FAILED"
-            out["resMessage"] = _hex_msg(r.res_message)
+            # resMessage is a "name string" field: plain text when visible, hex otherwise.
+            out["resMessage"] = r.res_message if visible else _hex_msg(r.res_message)
         return out
 
     def _gettransactioninfobyid(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
+        if self.switches.no_transaction_info:
+            return {}
         tx = self._tx_visible_to(str(body.get("value", "")), solid)
         return self._render_info(tx, _is_visible(body)) if tx else {}
 
@@ -739,37 +765,48 @@ class SandboxNode:
         return self._render_tx(tx, _is_visible(body)) if tx else {}
 
     def _gettransactioninfobyblocknum(self, body: dict[str, Any], solid: bool) -> Any:
+        # GetTransactionInfoByBlockNumServlet: `{}` for num <= 0; else the infos, `[]` for an empty
+        # block AND for a block this node does not have (above its (solid) head, or no info store).
         num = int(body.get("num", 0))
+        if num <= 0:
+            return {}
         visible = _is_visible(body)
         with self.world.lock:
-            if num > self._head(solid).number:
+            if num > self._head(solid).number or self.switches.no_transaction_info:
                 return []
             block = self.world.block(num)
             if block is None:
                 return []
-            return [self._render_info(self.world.transactions[t], visible) for t in block.txids]
+            txs = [self.world.transactions[t] for t in block.txids if t in self.world.transactions]
+            if txs and self.switches.lagging_infos > 0:
+                with self._state_lock:
+                    self._info_asks[num] += 1
+                    if self._info_asks[num] <= self.switches.lagging_infos:
+                        return []
+            return [self._render_info(tx, visible) for tx in txs]
 
     # --- control ---
 
     async def _state(self, request: Request) -> Response:
+        return JSONResponse(self._state_json())
+
+    def _state_json(self) -> dict[str, Any]:
         with self.world.lock:
-            return JSONResponse(
-                {
-                    "head": self.world.head.number,
-                    "solid": self.world.solid_number,
-                    "pending": len(self.world.pending),
-                    "held_broadcasts": self.held_broadcasts,
-                    "now_ms": self.world.now_ms(),
-                    "block_interval": self.block_interval,
-                    "solid_lag": self.world.solid_lag,
-                    "solidification_held": self.world.solidification_held,
-                    "inclusion_held": self.world.inclusion_held,
-                    "usdt_contract": self.world.usdt_contract,
-                    "blacklisted": sorted(self.world.blacklisted),
-                    "usdt_paused": self.world.usdt_paused,
-                    "usdt_energy_penalty": self.world.usdt_energy_penalty,
-                }
-            )
+            return {
+                "head": self.world.head.number,
+                "solid": self.world.solid_number,
+                "pending": len(self.world.pending),
+                "held_broadcasts": self.held_broadcasts,
+                "now_ms": self.world.now_ms(),
+                "block_interval": self.block_interval,
+                "solid_lag": self.world.solid_lag,
+                "solidification_held": self.world.solidification_held,
+                "inclusion_held": self.world.inclusion_held,
+                "usdt_contract": self.world.usdt_contract,
+                "blacklisted": sorted(self.world.blacklisted),
+                "usdt_paused": self.world.usdt_paused,
+                "usdt_energy_penalty": self.world.usdt_energy_penalty,
+            }
 
     async def _account_state(self, request: Request) -> Response:
         """`GET /_sandbox/account?address=T…[&contract=T…]`: the world's record (activated or not)."""
@@ -874,6 +911,16 @@ class SandboxNode:
             for key, value in body.items():
                 if key in names:
                     setattr(self.switches, key, value)
+        elif op in ("token_transfer", "internal_deposit", "failed_transfer_with_log"):
+            helper = getattr(w, op)
+            contract = body.get("contract")
+            tx = helper(
+                _b58(body["address"]), int(body["amount"]), token=_b58(contract) if contract else None
+            )
+            return JSONResponse({**self._state_json(), "txid": tx.txid})
+        elif op == "trx_transfer":
+            tx = w.trx_transfer(_b58(body["address"]), int(body["sun"]))
+            return JSONResponse({**self._state_json(), "txid": tx.txid})
         else:
             return JSONResponse({"error": f"unknown op {op!r}"}, status_code=400)
         return await self._state(request)

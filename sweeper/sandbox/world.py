@@ -24,7 +24,11 @@ The chain model follows java-tron closely where a sweeper could notice the diffe
   dynamic-energy penalty; a revert pays the penalty on the part that ran, pro rata);
 - `usdt_transfer_run` is that model, shared by the executed transfer and the node's constant call
   (`triggerconstantcontract`, which answers for any owner, activated or not, with or without TRX);
-- solidification trails the head by `solid_lag` blocks and can be held.
+- solidification trails the head by `solid_lag` blocks and can be held;
+- transactions the sweeper never sends but must recognise in a block are recorded by helpers
+  (`token_transfer`, `internal_deposit`: a payout contract's call whose USDT Transfer is emitted by an
+  internal call, `failed_transfer_with_log`, `trx_transfer`): signed by a sandbox operator key,
+  pending until the next block, their receipt written by the helper.
 Time is `time.time()` plus `time_offset_ms`, so a test can move the chain's clock forward
 (`advance_time`) to expire transactions without waiting.
 """
@@ -37,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tronpy.keys import Signature, to_base58check_address
+from tronpy.keys import PrivateKey, Signature, keccak256, to_base58check_address
 from tronpy.proto import calculate_txid_from_raw_data
 from tronpy.proto.transaction import _raw_data_to_protobuf
 from tronpy.proto.tron_pb2 import Transaction
@@ -63,6 +67,17 @@ USDT_ENERGY_IS_BLACKLISTED = 605
 TRANSFER_SELECTOR = "a9059cbb"  # transfer(address,uint256)
 IS_BLACKLISTED_SELECTOR = "e47d6060"  # isBlackListed(address)
 TRANSFER_EVENT_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+# The sandbox's exchange payout contract (nobody holds a key to it) and the hot wallet that calls it:
+# `payout(address,uint256)` makes the contract call the token's transfer, so the token's Transfer log
+# is emitted by an internal call, followed by the contract's own `Payout(address,uint256)` event.
+PAYOUT_CONTRACT = str(
+    to_base58check_address("41" + hashlib.sha256(b"sandbox payout contract").hexdigest()[:40])
+)
+PAYOUT_SELECTOR = keccak256(b"payout(address,uint256)").hex()[:8]
+PAYOUT_EVENT_TOPIC = keccak256(b"Payout(address,uint256)").hex()
+OPERATOR_KEY = PrivateKey(hashlib.sha256(b"sandbox operator").digest())
+OPERATOR = str(OPERATOR_KEY.public_key.to_base58check_address())
 
 # java-tron: a transaction's expiration may be at most 24 h after the head block's time.
 MAX_EXPIRATION_AHEAD_MS = 24 * 3600 * 1000
@@ -138,6 +153,10 @@ class TxRecord:
     block_number: int | None = None
     block_timestamp_ms: int | None = None
     energy_used_total: int = 0
+    # Recorded by a world helper: its receipt is final; at inclusion only `moves` happen
+    # ((token contract or None for TRX, recipient, amount) credited).
+    scripted: bool = False
+    moves: tuple[tuple[str | None, str, int], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -573,7 +592,158 @@ class World:
                 f"and balance {acct.trx_sun} to create transaction, need {size * self.bandwidth_fee_sun}",
             )
 
+    # --- transactions recorded by helpers (never broadcast by the sweeper) ---
+
+    def _record_call(
+        self,
+        contract: str,
+        data: str,
+        *,
+        receipt: Receipt,
+        energy: int,
+        to: str,
+        amount: int,
+        moves: tuple[tuple[str | None, str, int], ...] = (),
+        contract_type: str = "TriggerSmartContract",
+    ) -> TxRecord:
+        """Sign and queue (pending until the next block) a transaction from the operator."""
+        with self.lock:
+            head = self.head
+            if contract_type == "TransferContract":
+                value: dict[str, Any] = {
+                    "amount": amount,
+                    "owner_address": address_to_hex(OPERATOR),
+                    "to_address": address_to_hex(to),
+                }
+                type_url = "type.googleapis.com/protocol.TransferContract"
+            else:
+                value = {
+                    "data": data,
+                    "owner_address": address_to_hex(OPERATOR),
+                    "contract_address": address_to_hex(contract),
+                }
+                type_url = "type.googleapis.com/protocol.TriggerSmartContract"
+            raw: dict[str, Any] = {
+                "contract": [{"parameter": {"value": value, "type_url": type_url}, "type": contract_type}],
+                "ref_block_bytes": head.block_id[12:16],
+                "ref_block_hash": head.block_id[16:32],
+                "expiration": head.timestamp_ms + 60_000,
+                "timestamp": self.now_ms(),
+            }
+            if contract_type != "TransferContract":
+                raw["fee_limit"] = 100_000_000
+            txid = self.calculate_txid(raw)
+            while txid in self.transactions:  # the same call twice in one millisecond
+                raw["timestamp"] += 1
+                txid = self.calculate_txid(raw)
+            raw_hex = _raw_data_to_protobuf(raw).SerializeToString().hex()
+            signature = OPERATOR_KEY.sign_msg_hash(bytes.fromhex(txid)).hex()
+            record = TxRecord(
+                txid=txid,
+                raw_data=raw,
+                raw_data_hex=raw_hex,
+                signature=[signature],
+                owner=OPERATOR,
+                contract_type=contract_type,
+                contract=None if contract_type == "TransferContract" else contract,
+                to=to,
+                amount=amount,
+                fee_limit=int(raw.get("fee_limit", 0)),
+                expiration_ms=int(raw["expiration"]),
+                receipt=receipt,
+                energy_used_total=energy,
+                scripted=True,
+                moves=moves,
+            )
+            self.transactions[txid] = record
+            self.pending.append(txid)
+            return record
+
+    def token_transfer(self, recipient: str, amount: int, *, token: str | None = None) -> TxRecord:
+        """A plain, successful `transfer(recipient, amount)` on the token (USDT by default) from the
+        operator: one Transfer log, the recipient credited when the next block includes it."""
+        token = token or self.usdt_contract
+        receipt = Receipt(
+            result="SUCCESS",
+            energy_usage=USDT_ENERGY_OLD_HOLDER,
+            net_usage=345,
+            logs=[_transfer_log(token, OPERATOR, recipient, amount)],
+        )
+        return self._record_call(
+            token,
+            _call(TRANSFER_SELECTOR, recipient, amount),
+            receipt=receipt,
+            energy=USDT_ENERGY_OLD_HOLDER,
+            to=recipient,
+            amount=amount,
+            moves=((token, recipient, amount),),
+        )
+
+    def internal_deposit(self, recipient: str, amount: int, *, token: str | None = None) -> TxRecord:
+        """An exchange payout: the operator calls PAYOUT_CONTRACT's `payout(recipient, amount)`, which
+        calls the token's transfer. The transaction's contract_address is the payout contract; its
+        first log is the TOKEN's Transfer(PAYOUT_CONTRACT -> recipient), the second the payout's event."""
+        token = token or self.usdt_contract
+        receipt = Receipt(
+            result="SUCCESS",
+            energy_usage=USDT_ENERGY_OLD_HOLDER + 9_000,
+            net_usage=313,
+            logs=[
+                _transfer_log(token, PAYOUT_CONTRACT, recipient, amount),
+                (PAYOUT_CONTRACT, [PAYOUT_EVENT_TOPIC, _word(recipient)], f"{amount:064x}"),
+            ],
+        )
+        return self._record_call(
+            PAYOUT_CONTRACT,
+            _call(PAYOUT_SELECTOR, recipient, amount),
+            receipt=receipt,
+            energy=USDT_ENERGY_OLD_HOLDER + 9_000,
+            to=recipient,
+            amount=amount,
+            moves=((token, recipient, amount),),
+        )
+
+    def failed_transfer_with_log(self, recipient: str, amount: int, *, token: str | None = None) -> TxRecord:
+        """A REVERTed token transfer that nevertheless carries a Transfer log to `recipient` (java-tron
+        clears a failed transaction's logs; a reader must ignore them anyway). Nothing moves."""
+        token = token or self.usdt_contract
+        receipt = Receipt(
+            result="REVERT",
+            energy_usage=USDT_ENERGY_REVERT,
+            net_usage=345,
+            res_message="REVERT opcode executed",
+            logs=[_transfer_log(token, OPERATOR, recipient, amount)],
+        )
+        return self._record_call(
+            token,
+            _call(TRANSFER_SELECTOR, recipient, amount),
+            receipt=receipt,
+            energy=USDT_ENERGY_REVERT,
+            to=recipient,
+            amount=amount,
+        )
+
+    def trx_transfer(self, recipient: str, sun: int) -> TxRecord:
+        """A TRX transfer from the operator (no logs; its receipt has no result, as java-tron's)."""
+        return self._record_call(
+            "",
+            "",
+            receipt=Receipt(result="SUCCESS", net_usage=268),
+            energy=0,
+            to=recipient,
+            amount=sun,
+            moves=((None, recipient, sun),),
+            contract_type="TransferContract",
+        )
+
     def _execute(self, tx: TxRecord) -> None:
+        if tx.scripted:
+            for token, recipient, amount in tx.moves:
+                if token is None:
+                    self.credit_trx(recipient, amount)
+                else:
+                    self.credit_token(token, recipient, amount)
+            return
         owner = self.account(tx.owner)
         receipt = tx.receipt
         if tx.contract is None:  # TRX transfer
@@ -626,3 +796,16 @@ class World:
 
 def _hex20(address: str) -> str:
     return address_to_hex(address)[2:]
+
+
+def _word(address: str) -> str:
+    """An address as a 32-byte ABI word / event topic (hex)."""
+    return "00" * 12 + _hex20(address)
+
+
+def _call(selector: str, address: str, amount: int) -> str:
+    return selector + _word(address) + f"{amount:064x}"
+
+
+def _transfer_log(token: str, sender: str, recipient: str, amount: int) -> tuple[str, list[str], str]:
+    return (token, [TRANSFER_EVENT_TOPIC, _word(sender), _word(recipient)], f"{amount:064x}")

@@ -81,6 +81,8 @@ def write_config(
     hd_count: int,
     listen_port: int | None = None,
     min_sweep: str = "10",
+    detect_mode: str | None = None,
+    follow_lease_seconds: int | None = None,
     **pipeline: int,
 ) -> Path:
     """A config for the sandbox; with `listen_port`, the listener there receives the callbacks."""
@@ -95,6 +97,8 @@ def write_config(
         f'[keys]\nsource = "mnemonic"\n[addresses]\nhd_indexes = "0-{hd_count - 1}"',
         f'[wallet]\ndestination = "{DESTINATION}"',
         "[schedule]\nscan_interval_seconds = 2\nwork_interval_seconds = 1",
+        (f'[detect]\nmode = "{detect_mode}"' if detect_mode else "")
+        + (f"\nlease_seconds = {follow_lease_seconds}" if follow_lease_seconds else ""),
         "[pipeline]\n" + "\n".join(f"{k} = {v}" for k, v in {"lease_seconds": 3, **pipeline}.items()),
         f'[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\ndecimals = 6\nmin_sweep = "{min_sweep}"',
     ]

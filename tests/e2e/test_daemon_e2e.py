@@ -211,7 +211,7 @@ def test_sighup_picks_up_a_lowered_threshold(tmp_path: Path, sqlite_url: str) ->
     address = WALLET.address(0)
     with sandbox() as box:
         box.control.credit_usdt(address, 5_000_000)  # below the 10 USDT threshold
-        config, _ = _start_daemon(tmp_path, sqlite_url, box, 1)
+        config, _ = _start_daemon(tmp_path, sqlite_url, box, 1, detect_mode="poll")  # passes every 2 s
         log = tmp_path / "daemon.log"
         daemon = start_sweeper(config, box, "run", log=log)
         ledger = ledger_for(sqlite_url)

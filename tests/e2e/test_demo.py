@@ -24,11 +24,13 @@ def test_demo_sweeps_the_deposits_above_threshold_and_exits_0() -> None:
     out = result.stdout
     assert "\r" not in out, "plain lines when not on a TTY"
     rows = re.findall(r"^\s+\d+\s+(\w+)\s+(T\w{33})\s+([\d.]+)\s+\S+ TRX\s+([0-9a-f]{64})$", out, re.M)
-    # Above the 10 USDT threshold: 125.5 (never activated), 10 (exactly the threshold), 2500.
-    assert sorted(amount for _, _, amount, _ in rows) == ["10", "125.5", "2500"], out
+    # Above the 10 USDT threshold: 125.5 (never activated), 10 (exactly the threshold), 2500; then
+    # 42, deposited in a block by a payout contract once those were swept: found by following.
+    assert sorted(amount for _, _, amount, _ in rows) == ["10", "125.5", "2500", "42"], out
     assert {state for state, _, _, _ in rows} == {"confirmed"}
-    assert len({txid for *_, txid in rows}) == 3
-    assert "swept 2635.5 USDT in 3 sweeps" in out
-    assert "destination now holds 2635.5 USDT" in out
-    assert "for 3 provider orders" in out
+    assert len({txid for *_, txid in rows}) == 4
+    assert "block following finds it" in out
+    assert "swept 2677.5 USDT in 4 sweeps" in out
+    assert "destination now holds 2677.5 USDT" in out
+    assert "for 4 provider orders" in out
     assert "Traceback" not in result.stderr

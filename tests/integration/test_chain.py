@@ -28,10 +28,14 @@ from sweeper.chain import (
     TronChain,
     TxState,
     UnsafeTransaction,
+    deposits_in_block,
+    hex20,
+    token_keys,
     transfer_data,
 )
 from sweeper.domain import Secret, address_to_hex
 from sweeper.keys import HdWallet, KeyRing
+from sweeper.protocols import BlockSource
 from sweeper.retry import RetryPolicy
 from sweeper.sandbox import world as world_module
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
@@ -699,3 +703,121 @@ def test_a_result_message_alone_marks_a_revert() -> None:
             return await chain.simulate_transfer(DEPOSIT, DESTINATION, 1, token=USDT)
 
     assert run(scenario()) == Simulation(True, FORMS["revert"]["energy_used"], 0, "REVERT opcode executed")
+
+
+# --- following blocks: the BlockSource methods, each one request --------------------------------
+
+
+def test_the_block_source_methods_read_solid_blocks_in_one_request_each(sandbox: RunningNode) -> None:
+    world = sandbox.world
+    deposit = world.token_transfer(DEPOSIT, 25_000_000)
+    payout = world.internal_deposit(OTHER_DEPOSIT, 938_500_000)
+    world.failed_transfer_with_log(DEPOSIT, 50_000_000)
+    world.trx_transfer(DEPOSIT, 1_000)
+    full = world.produce_block()
+    empty = world.produce_block()
+    world.solidify_all()
+    watched = {hex20(DEPOSIT), hex20(OTHER_DEPOSIT)}
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            source: BlockSource = chain  # the follower's protocol
+            before = chain.requests_sent
+            head = await source.solid_head()
+            assert (head.number, head.block_id) == (world.solid_number, world.solid_head.block_id)
+            assert await source.solid_block_transaction_count(full.number) == 4
+            assert await source.solid_block_transaction_count(empty.number) == 0  # no `transactions` key
+            infos = await source.solid_transaction_infos(full.number)
+            assert await source.solid_transaction_infos(empty.number) == []
+            assert await source.solid_transaction_infos(0) == []  # java-tron answers `{}` for num <= 0
+            assert chain.requests_sent - before == 6
+            found = deposits_in_block(infos, token_keys([USDT]), watched)
+            assert [(t.txid, t.recipient, t.amount) for t in found] == [
+                (deposit.txid, DEPOSIT, 25_000_000),
+                (payout.txid, OTHER_DEPOSIT, 938_500_000),  # emitted by the payout contract's call
+            ]
+            assert await source.token_balance(OTHER_DEPOSIT, USDT) == 938_500_000
+
+    run(scenario())
+    for path in ("walletsolidity/getblockbynum", "walletsolidity/gettransactioninfobyblocknum"):
+        assert all(r.status == 200 for r in sandbox.node.requests_to(path))
+
+
+def test_a_block_the_node_does_not_have_is_an_error_not_an_empty_block(sandbox: RunningNode) -> None:
+    world = sandbox.world
+    world.token_transfer(DEPOSIT, 1)
+    block = world.produce_block()
+    assert block.number > world.solid_number  # mined, not solid yet
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            assert await chain.solid_transaction_infos(block.number) == []  # looks empty ...
+            with pytest.raises(ChainResponseError, match="no solidified block"):
+                await chain.solid_block_transaction_count(block.number)  # ... but is not there
+
+    run(scenario())
+
+
+def test_a_node_without_infos_and_a_lagging_node_are_told_apart_from_empty_blocks(
+    sandbox: RunningNode,
+) -> None:
+    world = sandbox.world
+    tx = world.token_transfer(DEPOSIT, 1)
+    block = world.produce_block()
+    world.solidify_all()
+
+    async def scenario() -> None:
+        async with chain_for(sandbox) as chain:
+            sandbox.node.switches.no_transaction_info = True
+            assert await chain.solid_transaction_infos(block.number) == []
+            assert await chain.solid_block_transaction_count(block.number) == 1  # so: not trusted
+            sandbox.node.switches.no_transaction_info = False
+            sandbox.node.switches.lagging_infos = 1
+            assert await chain.solid_transaction_infos(block.number) == []
+            assert [i["id"] for i in await chain.solid_transaction_infos(block.number)] == [tx.txid]
+
+    run(scenario())
+
+
+def _stub(answer: Any) -> TronChain:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    return TronChain("http://node.invalid", transport=httpx.MockTransport(handler), retry=FAST_RETRY)
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ([{"id": "ab", "blockNumber": 8}], "block 8"),
+        (["not an object"], "not a JSON object"),
+        ({"id": "ab"}, "expected a JSON array"),
+        ({"Error": "class java.lang.NumberFormatException"}, "node error"),
+    ],
+    ids=["another-block", "not-an-object", "an-object", "node-error"],
+)
+def test_unusable_infos_raise(answer: Any, match: str) -> None:
+    async def scenario() -> None:
+        async with _stub(answer) as chain:
+            with pytest.raises(ChainResponseError, match=match):
+                await chain.solid_transaction_infos(7)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        ({"blockID": "00", "block_header": {"raw_data": {"number": 6}}}, "answered block 6"),
+        ({"blockID": "00"}, "malformed"),
+        ({"blockID": "00", "block_header": {"raw_data": {"number": 7}}, "transactions": {}}, "not a list"),
+    ],
+    ids=["another-block", "no-header", "transactions-not-a-list"],
+)
+def test_unusable_blocks_raise(answer: Any, match: str) -> None:
+    async def scenario() -> None:
+        async with _stub(answer) as chain:
+            with pytest.raises(ChainResponseError, match=match):
+                await chain.solid_block_transaction_count(7)
+
+    run(scenario())

@@ -1,5 +1,5 @@
 """Migrations: empty -> head on both backends, models == migrations, round trip, CHECK == enum,
-the triggers at head, and the transition trigger (0007) == domain.TRANSITIONS."""
+the triggers at head, the transition trigger (0007) == domain.TRANSITIONS, the follow cursor (0008)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def test_empty_to_head_is_idempotent(db_url: str) -> None:
     assert (before, after) == (None, db.head_revision())
     assert db.upgrade(engine) == (after, after)  # safe to rerun
     db.require_head(engine)
-    assert {"deposit_addresses", "sweeps", "sweep_events"} <= set(inspect(engine).get_table_names())
+    assert {"deposit_addresses", "sweeps", "sweep_events", "follow_cursor"} <= set(
+        inspect(engine).get_table_names()
+    )
     engine.dispose()
 
 
@@ -45,7 +47,9 @@ def test_downgrade_upgrade_round_trip(db_url: str) -> None:
     db.upgrade(engine)
     db.downgrade(engine, "base")
     assert db.current_revision(engine) is None
-    assert not {"sweeps", "sweep_events", "deposit_addresses"} & set(inspect(engine).get_table_names())
+    assert not {"sweeps", "sweep_events", "deposit_addresses", "follow_cursor"} & set(
+        inspect(engine).get_table_names()
+    )
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision()
     engine.dispose()
@@ -296,4 +300,60 @@ def test_0007_downgrade_and_upgrade_again(db_url: str) -> None:
     assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
     with pytest.raises(IntegrityError, match="illegal sweep state change"), engine.begin() as conn:
         _insert_sweep(conn, "signed", "NEW")
+    engine.dispose()
+
+
+def test_the_state_check_constraint_refuses_an_unknown_state_without_the_trigger(db_url: str) -> None:
+    """Since 0007 the trigger refuses `state = 'lost'` first; the CHECK must still hold on its own
+    (the trigger is dropped inside a transaction that is rolled back, so the ledger keeps it)."""
+    from sweeper.ledger import Ledger, NewAddress
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        ledger = Ledger(engine)
+        ledger.upsert_addresses([NewAddress(ADDRESS, "import")])
+        sweep_id = ledger.queue_sweep(ADDRESS, "USDT", USDT_CONTRACT, 11_000_000)
+        assert sweep_id is not None
+        on_table = " ON sweeps" if engine.dialect.name == "postgresql" else ""
+        with engine.connect() as conn:
+            tx = conn.begin()
+            conn.execute(text(f"DROP TRIGGER sweeps_legal_update{on_table}"))
+            with pytest.raises(IntegrityError) as refused:
+                conn.execute(text("UPDATE sweeps SET state = 'lost' WHERE id = :id"), {"id": sweep_id})
+            assert "illegal sweep state change" not in str(refused.value), (
+                "the CHECK refused it, not the trigger"
+            )
+            tx.rollback()
+        assert ("sweeps", "sweeps_legal_update") in _triggers(engine)
+    finally:
+        engine.dispose()
+
+
+def test_0008_follow_cursor_downgrade_and_upgrade_again(db_url: str) -> None:
+    """0008 adds `follow_cursor` only: down to 0007 drops it and keeps every trigger; up again
+    brings it back empty, and its CHECKs refuse a half-written lease or a cursor without a start."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    db.downgrade(engine, "0007")
+    assert db.current_revision(engine) == "0007"
+    assert "follow_cursor" not in inspect(engine).get_table_names()
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
+    insert = (
+        "INSERT INTO follow_cursor (name, next_block, start_block, start_recorded_at, holder, lease_token, "
+        "lease_until, started_at, updated_at) VALUES ('blocks', :n, :s, :r, :h, :k, :u, :t, :t)"
+    )
+    good = {"n": 10, "s": 5, "r": TIME, "h": "daemon", "k": "ab" * 8, "u": TIME, "t": TIME}
+    for bad in (
+        {"h": None},  # a token without a holder
+        {"u": None},  # a lease without an end
+        {"s": None},  # a cursor without its start
+        {"r": None},  # a start without when it was recorded
+        {"n": 4},  # before its start
+    ):
+        assert _refused(engine, lambda conn, bad=bad: conn.execute(text(insert), {**good, **bad})), bad
+    assert _refused(engine, lambda conn: conn.execute(text(insert), good)) is None
     engine.dispose()

@@ -14,11 +14,14 @@ import pytest
 from tronpy.keys import PrivateKey
 from tronpy.proto import calculate_txid_from_raw_data
 
-from sweeper.chain import TRANSFER_TOPIC, transfer_data
+from sweeper.chain import TRANSFER_TOPIC, deposits_in_block, hex20, token_keys, transfer_data
 from sweeper.domain import address_to_hex
 from sweeper.sandbox.control import SandboxControl
 from sweeper.sandbox.node_server import RunningNode, start_sandbox_node
 from sweeper.sandbox.world import (
+    OPERATOR,
+    PAYOUT_CONTRACT,
+    PAYOUT_EVENT_TOPIC,
     USDT_ENERGY_NEW_HOLDER,
     USDT_ENERGY_OLD_HOLDER,
     USDT_ENERGY_REVERT,
@@ -31,6 +34,7 @@ from sweeper.sandbox.world import (
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = json.loads((FIXTURES / "hd-tron-vectors.json").read_text())
 FORMS = json.loads((FIXTURES / "constant-call-forms.json").read_text())
+BLOCK_INFOS = json.loads((FIXTURES / "tron-block-transaction-infos.json").read_text())
 OWNER = VECTORS["derived"][0]["address"]
 OWNER_KEY = PrivateKey(bytes.fromhex(VECTORS["derived"][0]["private_key"]))
 OTHER_KEY = PrivateKey(bytes.fromhex(VECTORS["derived"][1]["private_key"]))
@@ -224,7 +228,10 @@ def test_logs_render_like_java_tron(sandbox: RunningNode, http: httpx.Client) ->
     assert [i["id"] for i in hidden] == [txid]
     log_hidden, log_shown = hidden[0]["log"][0], shown[0]["log"][0]
     assert log_hidden["address"] == "a614f803b6fd780986a42c78ec9c7f77e6ded13c"  # bare 20 bytes, no 0x41
-    assert log_shown["address"] == "G9AHnMvAgqKJ2eWErupYfdzu6hgWVUZqu"  # base58check of those 20 bytes
+    # visible=true: the servlet puts 0x41 back first (Util.convertLogAddressToTronAddress): a T-address.
+    assert log_shown["address"] == USDT
+    by_id = post(http, "/wallet/gettransactioninfobyid", {"value": txid, "visible": True})
+    assert by_id["log"][0]["address"] == USDT
     assert hidden[0]["contract_address"] == address_to_hex(USDT)
     assert shown[0]["contract_address"] == USDT
     assert log_hidden["topics"] == log_shown["topics"]
@@ -508,3 +515,165 @@ def test_the_contract_state_control_ops(sandbox: RunningNode) -> None:
         assert control.node_state().usdt_energy_penalty == 12_345
     with httpx.Client(base_url=sandbox.url) as http:
         assert http.post("/_sandbox/control", json={"op": "energy_penalty", "amount": -1}).status_code == 400
+
+
+# --- following blocks: gettransactioninfobyblocknum and getblockbynum -----------------------------
+
+
+def infos(http: httpx.Client, num: int, *, visible: bool = False, solid: bool = True) -> Any:
+    prefix = "walletsolidity" if solid else "wallet"
+    return post(http, f"/{prefix}/gettransactioninfobyblocknum", {"num": num, "visible": visible})
+
+
+def block_by_num(http: httpx.Client, num: int, *, visible: bool = False, solid: bool = True) -> Any:
+    prefix = "walletsolidity" if solid else "wallet"
+    return post(http, f"/{prefix}/getblockbynum", {"num": num, "visible": visible})
+
+
+def test_a_blocks_infos_render_like_java_tron_in_both_modes(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    deposit = world.token_transfer(TO, 7_000_000)
+    payout = world.internal_deposit(OWNER, 938_500_000)
+    failed = world.failed_transfer_with_log(TO, 50_000_000)
+    trx = world.trx_transfer(TO, 1_000_000)
+    block = world.produce_block()
+    empty = world.produce_block()
+    world.solidify_all()
+    hidden, shown = infos(http, block.number), infos(http, block.number, visible=True)
+    assert [i["id"] for i in hidden] == [deposit.txid, payout.txid, failed.txid, trx.txid]
+    assert all(i["blockNumber"] == block.number and i["blockTimeStamp"] == block.timestamp_ms for i in hidden)
+
+    # A direct transfer: the fixture's form (same keys, java-tron's proto3 omissions).
+    assert hidden[0]["contract_address"] == address_to_hex(USDT) and shown[0]["contract_address"] == USDT
+    assert hidden[0]["log"][0]["address"] == hex20(USDT) and shown[0]["log"][0]["address"] == USDT
+    assert set(hidden[0]) <= set(BLOCK_INFOS["answer"][0]) | {"fee"}
+    assert hidden[0]["receipt"]["result"] == "SUCCESS" and "result" not in hidden[0]
+
+    # The payout: the transaction calls the payout contract; USDT emits the Transfer, then the payout.
+    assert hidden[1]["contract_address"] == address_to_hex(PAYOUT_CONTRACT)
+    transfer_log, payout_log = hidden[1]["log"]
+    assert transfer_log["address"] == hex20(USDT) and payout_log["address"] == hex20(PAYOUT_CONTRACT)
+    assert transfer_log["topics"] == [
+        TRANSFER_TOPIC,
+        "00" * 12 + hex20(PAYOUT_CONTRACT),
+        "00" * 12 + hex20(OWNER),
+    ]
+    assert payout_log["topics"][0] == PAYOUT_EVENT_TOPIC
+    assert [log["address"] for log in shown[1]["log"]] == [USDT, PAYOUT_CONTRACT]
+    assert shown[1]["log"][0]["topics"] == transfer_log["topics"]  # topics stay hex in both modes
+
+    # The failed one keeps its (impossible on java-tron) log; resMessage is hex, or text when visible.
+    assert hidden[2]["result"] == "FAILED" and hidden[2]["receipt"]["result"] == "REVERT"
+    assert bytes.fromhex(hidden[2]["resMessage"]).decode() == "REVERT opcode executed"
+    assert shown[2]["resMessage"] == "REVERT opcode executed"
+    assert hidden[2]["log"][0]["topics"][2] == "00" * 12 + hex20(TO)
+
+    # A TRX transfer: no VM, so no log, no contract_address, a receipt without result.
+    assert hidden[3]["contractResult"] == [""] and "contract_address" not in hidden[3]
+    assert "log" not in hidden[3] and "result" not in hidden[3]["receipt"]
+
+    # What the follower keeps: the direct deposit and the internal-call one, nothing else.
+    found = deposits_in_block(hidden, token_keys([USDT]), {hex20(TO), hex20(OWNER)})
+    assert [(t.txid, t.sender, t.recipient, t.amount) for t in found] == [
+        (deposit.txid, OPERATOR, TO, 7_000_000),
+        (payout.txid, PAYOUT_CONTRACT, OWNER, 938_500_000),
+    ]
+    assert world.token_balance(USDT, TO) == 7_000_000  # the failed one moved nothing
+    assert world.token_balance(USDT, OWNER) == 938_500_000
+    assert world.account(TO).trx_sun == 1_000_000
+
+    # An empty block is `[]`; num <= 0 is `{}` (GetTransactionInfoByBlockNumServlet).
+    assert infos(http, empty.number) == [] and infos(http, 0) == {} and infos(http, -1) == {}
+
+
+def test_unsolidified_blocks_are_empty_on_walletsolidity_and_served_on_wallet(
+    sandbox: RunningNode, http: httpx.Client
+) -> None:
+    world = sandbox.world
+    tx = world.token_transfer(TO, 1)
+    block = world.produce_block()
+    assert world.solid_number < block.number
+    assert infos(http, block.number) == []  # not solid: exactly like an empty block
+    assert block_by_num(http, block.number) == {}  # ... but getblockbynum tells them apart
+    assert [i["id"] for i in infos(http, block.number, solid=False)] == [tx.txid]
+    assert infos(http, block.number + 50) == [] and block_by_num(http, block.number + 50, solid=False) == {}
+    world.solidify_all()
+    assert [i["id"] for i in infos(http, block.number)] == [tx.txid]
+
+
+def test_blocks_render_like_java_tron(sandbox: RunningNode, http: httpx.Client) -> None:
+    world = sandbox.world
+    tx = world.token_transfer(TO, 1)
+    trx = world.trx_transfer(TO, 5)
+    full = world.produce_block()
+    empty = world.produce_block()
+    world.solidify_all()
+    hidden, shown = block_by_num(http, full.number), block_by_num(http, full.number, visible=True)
+    assert hidden["blockID"] == full.block_id
+    header = hidden["block_header"]["raw_data"]
+    assert header["number"] == full.number and header["timestamp"] == full.timestamp_ms
+    assert header["parentHash"] == full.parent_id and header["witness_address"].startswith("41")
+    assert shown["block_header"]["raw_data"]["witness_address"].startswith("T")
+    assert [t["txID"] for t in hidden["transactions"]] == [tx.txid, trx.txid]
+    first = hidden["transactions"][0]
+    assert "visible" not in first  # Util.printTransactionToJSON adds none inside a block
+    assert first["ret"] == [{"contractRet": "SUCCESS"}]
+    assert calculate_txid_from_raw_data(first["raw_data"]) == tx.txid
+    assert hashlib.sha256(bytes.fromhex(first["raw_data_hex"])).hexdigest() == tx.txid
+    value = first["raw_data"]["contract"][0]["parameter"]["value"]
+    assert value["contract_address"] == address_to_hex(USDT)
+    assert (
+        shown["transactions"][0]["raw_data"]["contract"][0]["parameter"]["value"]["contract_address"] == USDT
+    )
+    no_txs = block_by_num(http, empty.number)
+    assert "transactions" not in no_txs and no_txs["blockID"] == empty.block_id  # no key, not []
+    assert post(http, "/walletsolidity/getnowblock")["blockID"] == world.solid_head.block_id
+    assert post(http, "/wallet/getnowblock")["blockID"] == world.head.block_id
+
+
+def test_a_node_without_the_transaction_info_store_answers_empty(
+    sandbox: RunningNode, http: httpx.Client
+) -> None:
+    world = sandbox.world
+    tx = world.token_transfer(TO, 1)
+    block = world.produce_block()
+    world.solidify_all()
+    sandbox.node.switches.no_transaction_info = True
+    assert infos(http, block.number) == [] and infos(http, block.number, solid=False) == []
+    assert post(http, "/walletsolidity/gettransactioninfobyid", {"value": tx.txid}) == {}
+    assert len(block_by_num(http, block.number)["transactions"]) == 1  # the block itself is there
+    sandbox.node.switches.no_transaction_info = False
+    assert [i["id"] for i in infos(http, block.number)] == [tx.txid]
+
+
+def test_a_lagging_load_balanced_node_answers_empty_the_first_n_times(
+    sandbox: RunningNode, http: httpx.Client
+) -> None:
+    world = sandbox.world
+    tx = world.token_transfer(TO, 1)
+    block = world.produce_block()
+    empty = world.produce_block()
+    world.solidify_all()
+    sandbox.node.switches.lagging_infos = 2
+    assert [infos(http, block.number) for _ in range(2)] == [[], []]
+    assert [i["id"] for i in infos(http, block.number)] == [tx.txid]
+    assert [i["id"] for i in infos(http, block.number)] == [tx.txid]
+    assert infos(http, empty.number) == []  # an empty block is empty whatever the switch
+
+
+def test_the_following_control_ops(sandbox: RunningNode) -> None:
+    world = sandbox.world
+    with SandboxControl(sandbox.url, "http://127.0.0.1:9") as control:
+        deposit = control.internal_deposit(TO, 5_000_000)
+        failed = control.failed_transfer_with_log(TO, 9)
+        direct = control.token_transfer(OWNER, 3)
+        trx = control.trx_transfer(OWNER, 4)
+        assert control.node_state().pending == 4
+        control.set_node_switches(no_transaction_info=True, lagging_infos=3)
+        assert sandbox.node.switches.no_transaction_info and sandbox.node.switches.lagging_infos == 3
+        control.set_node_switches(no_transaction_info=False, lagging_infos=0)
+        control.solidify()
+    results = {tx.txid: tx.receipt.result for tx in world.transactions.values()}
+    assert results == {deposit: "SUCCESS", failed: "REVERT", direct: "SUCCESS", trx: "SUCCESS"}
+    assert world.transactions[deposit].contract == PAYOUT_CONTRACT
+    assert world.token_balance(USDT, TO) == 5_000_000 and world.token_balance(USDT, OWNER) == 3

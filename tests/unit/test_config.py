@@ -105,7 +105,7 @@ CASES = [
     ('hd_indexes = "0-999"', 'hd_indexes = "0-10,5-20"', "addresses.hd_indexes", "overlap"),
     ('hd_indexes = "0-999"', "hd_indexes = 5", "addresses.hd_indexes", "expected a string"),
     ('source = "mnemonic"', 'source = "ledger"', "keys.source", 'expected "mnemonic" or "keyfile"'),
-    ('mode = "poll"', 'mode = "follow"', "detect.mode", "arrives with block following"),
+    ('mode = "both"', 'mode = "sideways"', "detect.mode", 'expected "poll", "follow" or "both"'),
     ('listen = "127.0.0.1:8088"', 'listen = "8088"', "callback.listen", "host:port"),
     ('node_url = "https://api.trongrid.io"', 'node_url = "api.trongrid.io"', "tron.node_url", "http(s) URL"),
     ('url = "sqlite:///sweeper.db"', 'url = "mysql://x"', "database.url", "sqlite:///PATH"),

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from sqlalchemy import event
 
-from sweeper.chain import ChainUnavailable, TxState
+from sweeper.chain import ChainUnavailable
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
 from sweeper.keys import Keys
@@ -96,12 +97,19 @@ class Rig:
         return [f"{e.to_state}: {e.reason}" for e in self.ledger.events(sweep_id)]
 
     def one_order_and_transfer(self, sweep_id: int) -> None:
-        """The invariants: one order for the row, one successful transfer, nothing burnt."""
+        """The invariants, for one row: at most one order placed for it (the fake provider accepts
+        a reused out_trade_no, so a second POST after a lost answer would be a second order), at
+        most one transfer included on chain, nothing burnt (a transfer sent without its energy
+        burns the address's TRX)."""
         row = self.row(sweep_id)
-        assert len(self.provider.orders_for(row.out_trade_no)) <= 1
+        assert len(self.provider.orders_for(row.out_trade_no)) <= 1, f"sweep {sweep_id}: two orders"
         sent = self.chain.transfers_from(row.address)
-        assert len([t for t in sent if t.state is TxState.CONFIRMED]) <= 1
+        assert len([t for t in sent if t.block is not None]) <= 1, f"sweep {sweep_id}: two transfers on chain"
         assert all(t.burnt_sun == 0 for t in sent), "a transfer burnt TRX: sent without the energy"
+
+    def invariants(self) -> None:
+        for row in self.ledger.list_sweeps():
+            self.one_order_and_transfer(row.id)
 
 
 @pytest.fixture
@@ -115,7 +123,9 @@ def rig(migrated: Path, tmp_path: Path) -> Iterator[Rig]:
     chain = FakeChain(clock)
     chain.credit(USDT, DESTINATION, 1)  # the destination holds USDT: 65k-energy transfers
     provider = FakeProvider(chain, DESTINATION, token=USDT)
-    yield Rig(clock, chain, provider, Ledger(engine, clock=clock))
+    rig = Rig(clock, chain, provider, Ledger(engine, clock=clock))
+    yield rig
+    rig.invariants()  # after every case, whatever it asserted itself
     engine.dispose()
 
 
@@ -399,7 +409,7 @@ def test_a_crash_after_the_order_was_placed_adopts_it_on_restart(rig: Rig) -> No
 def test_an_order_ending_refunded_fails_the_row_without_a_hold(rig: Rig) -> None:
     address = rig.fund()
     sweep_id = rig.queue(address)
-    rig.provider.delegate_at_once = False
+    rig.provider.delegate_when_asked = False
     pipeline = rig.pipeline()
     drive(rig, pipeline, until=state_is(rig, sweep_id, S.ENERGY_ORDERED))
     serial = rig.row(sweep_id).serial
@@ -415,7 +425,7 @@ def test_an_order_ending_refunded_fails_the_row_without_a_hold(rig: Rig) -> None
 def test_an_order_never_delegated_fails_held_after_the_order_timeout(rig: Rig) -> None:
     address = rig.fund()
     sweep_id = rig.queue(address)
-    rig.provider.delegate_at_once = False
+    rig.provider.delegate_when_asked = False
     drive(rig, rig.pipeline(order_timeout_seconds=120), step_seconds=5)
     row = rig.row(sweep_id)
     assert row.state is S.FAILED and "not completed within 120 s" in rig.why(sweep_id)
@@ -426,7 +436,7 @@ def test_an_order_never_delegated_fails_held_after_the_order_timeout(rig: Rig) -
 def test_a_delegation_that_arrives_late_is_waited_for(rig: Rig) -> None:
     address = rig.fund()
     sweep_id = rig.queue(address)
-    rig.provider.delegate_at_once = False
+    rig.provider.delegate_when_asked = False
     pipeline = rig.pipeline()
     drive(rig, pipeline, until=state_is(rig, sweep_id, S.ENERGY_ORDERED))
     drive(rig, pipeline, until=lambda: rig.clock().minute >= 5, step_seconds=5)  # five minutes pass
@@ -605,3 +615,40 @@ def test_a_need_measured_before_the_destination_held_the_token_is_measured_again
     row = rig.row(sweep_id)
     assert row.state is S.CONFIRMED and row.energy_needed == ENERGY_TO_HOLDER
     rig.one_order_and_transfer(sweep_id)
+
+
+def test_an_order_complete_without_its_energy_is_logged_once(rig: Rig) -> None:
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    rig.provider.delegate_when_asked = False
+    pipeline = rig.pipeline(energy_wait_warn_seconds=0)
+    drive(rig, pipeline, until=state_is(rig, sweep_id, S.ENERGY_ORDERED))
+    serial = rig.row(sweep_id).serial
+    assert serial is not None
+    rig.provider.orders[serial].status = OrderStatus.COMPLETED  # complete, but nothing delegated
+    with structlog.testing.capture_logs() as logs:
+        drive(rig, pipeline, until=lambda: rig.clock().minute >= 3, step_seconds=5)
+    warned = [e for e in logs if e["event"].startswith("energy order complete but the chain")]
+    assert len(warned) == 1 and warned[0]["sweep_id"] == sweep_id
+    assert rig.row(sweep_id).state is S.ENERGY_ORDERED
+
+
+@pytest.mark.parametrize("then", ["reverts", "needs more"])
+def test_a_fresh_measurement_that_reverts_or_needs_more_keeps_the_row_waiting(rig: Rig, then: str) -> None:
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    rig.provider.delegate_when_asked = False
+    pipeline = rig.pipeline()
+    drive(rig, pipeline, until=state_is(rig, sweep_id, S.ENERGY_ORDERED))
+    serial = rig.row(sweep_id).serial
+    assert serial is not None
+    rig.provider.orders[serial].status = OrderStatus.COMPLETED
+    rig.chain.delegate(address, 30_000)  # far less than the 64k measured
+    if then == "reverts":
+        rig.chain.revert_all = "REVERT opcode executed"
+    else:
+        rig.chain.extra_energy = 20_000
+    drive(rig, pipeline, until=lambda: rig.clock().minute >= 3, step_seconds=5)
+    row = rig.row(sweep_id)
+    assert row.state is S.ENERGY_ORDERED and row.energy_needed == ENERGY_TO_HOLDER
+    assert rig.chain.transfers_from(address) == []

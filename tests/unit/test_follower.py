@@ -1,0 +1,222 @@
+"""Block following through an in-process chain of blocks (tests/fakes.py `FakeBlocks`), on a real
+SQLite ledger: exactly the deposits to watched addresses are found — none missed, none invented —
+no block is skipped when the node answers `[]` for a block it cannot serve, a fresh ledger polls
+first, held addresses stay held, a crash before the cursor moves replays without a second sweep,
+and only the lease holder moves the cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import structlog.testing
+from sqlalchemy import event
+
+from sweeper.config import TokenSettings
+from sweeper.domain import SweepState
+from sweeper.follower import Follower, NodeCannotFollow
+from sweeper.ledger import Ledger, NewAddress, make_engine, upgrade
+from sweeper.scanner import Scanner
+from tests.constants import USDT, WALLET
+from tests.fakes import Crash, FakeBlocks, FakeClock
+
+OTHER_TOKEN = "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf"
+TOKENS = (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10")),)
+PAYER = "TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW"  # an exchange's hot wallet paying customers
+WATCHED = [WALLET.address(i) for i in range(6)]
+STRANGER = WALLET.address(100)  # not a deposit address of ours
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    chain: FakeBlocks
+    ledger: Ledger
+
+    def follower(self, worker: str = "daemon-a") -> Follower:
+        scanner = Scanner(self.ledger, self.chain, TOKENS, concurrency=4)
+        return Follower(self.ledger, self.chain, TOKENS, worker_id=worker, scanner=scanner, batch_blocks=10)
+
+    def queued(self) -> dict[str, int]:
+        return {r.address: r.observed_amount for r in self.ledger.list_sweeps()}
+
+
+@pytest.fixture
+def rig(migrated: Path, tmp_path: Path) -> Iterator[Rig]:
+    path = tmp_path / "ledger.db"
+    shutil.copy(migrated, path)
+    engine = make_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA synchronous=OFF"))
+    clock = FakeClock()
+    ledger = Ledger(engine, clock=clock)
+    ledger.upsert_addresses([NewAddress(a, "hd", hd_index=i) for i, a in enumerate(WATCHED)])
+    chain = FakeBlocks()
+    chain.balances[USDT][PAYER] = 10**15
+    chain.mine_empty(5, transactions=3)  # history before the ledger existed
+    yield Rig(clock, chain, ledger)
+    engine.dispose()
+
+
+def step(follower: Follower) -> int:
+    return asyncio.run(follower.step())
+
+
+def test_a_fresh_ledger_polls_first_then_follows_from_the_head_read_before(rig: Rig) -> None:
+    rig.chain.balances[USDT][WATCHED[0]] = 50_000_000  # already there before the daemon started
+    follower = rig.follower()
+    step(follower)
+    assert rig.queued() == {WATCHED[0]: 50_000_000}, "the first poll pass found the old balance"
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.start_block == 6 and cursor.next_block == 6
+    assert cursor.initial_poll_done_at is not None
+
+
+def test_exactly_the_deposits_to_watched_addresses_are_queued(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)  # the fresh-ledger pass: nothing there yet
+    rig.chain.balance_reads.clear()
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 25_000_000), (USDT, PAYER, STRANGER, 99_000_000))
+    rig.chain.mine((OTHER_TOKEN, PAYER, WATCHED[2], 77_000_000))  # a token we do not sweep
+    rig.chain.mine((USDT, PAYER, WATCHED[3], 30_000_000), failed=True)  # reverted: no money moved
+    rig.chain.mine((USDT, PAYER, WATCHED[4], 12_000_000), internal=True)  # a payout contract's call
+    rig.chain.mine((USDT, PAYER, WATCHED[5], 4_000_000))  # below the 10 USDT threshold …
+    rig.chain.mine_empty(3, transactions=2)
+    rig.chain.mine((USDT, PAYER, WATCHED[5], 7_000_000))  # … until a second deposit adds up
+    done = step(follower)
+    assert done == 9
+    assert rig.queued() == {WATCHED[1]: 25_000_000, WATCHED[4]: 12_000_000, WATCHED[5]: 11_000_000}
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.next_block == rig.chain.solid + 1
+    assert (STRANGER, USDT) not in rig.chain.balance_reads and (
+        WATCHED[2],
+        USDT,
+    ) not in rig.chain.balance_reads
+
+
+def test_a_recipient_with_several_deposits_in_a_batch_is_read_once(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    rig.chain.balance_reads.clear()
+    for _ in range(5):
+        rig.chain.mine((USDT, PAYER, WATCHED[1], 3_000_000))
+    step(follower)
+    assert rig.chain.balance_reads.count((WATCHED[1], USDT)) == 1
+    assert rig.queued() == {WATCHED[1]: 15_000_000}
+
+
+def test_a_block_the_node_cannot_serve_yet_is_never_skipped(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    first = rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    second = rig.chain.mine((USDT, PAYER, WATCHED[2], 20_000_000))
+    rig.chain.unserved[second] = 2  # a backend behind the balancer answers [] twice
+    step(follower)
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.next_block == second, "stopped before the unserved block"
+    assert set(rig.queued()) == {WATCHED[1]}
+    step(follower)  # still unserved once more
+    step(follower)
+    assert set(rig.queued()) == {WATCHED[1], WATCHED[2]}
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.next_block == second + 1 and first < second
+
+
+def test_an_empty_answer_is_trusted_only_for_a_block_without_transactions(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    rig.chain.mine_empty(4)  # truly empty blocks
+    assert step(follower) == 4
+
+
+def test_a_node_without_transaction_infos_is_refused(rig: Rig) -> None:
+    rig.chain.no_infos = True
+    with pytest.raises(NodeCannotFollow, match="transHistory"):
+        step(rig.follower())
+    assert rig.ledger.follow_cursor() is None or rig.ledger.follow_cursor().next_block is None  # type: ignore[union-attr]
+
+
+def test_a_deposit_to_a_held_address_is_an_alert_not_a_sweep(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    sweep_id = rig.ledger.queue_sweep(WATCHED[1], "USDT", USDT, 20_000_000)
+    assert sweep_id is not None
+    [claimed] = rig.ledger.claim("w", [SweepState.QUEUED], limit=1, lease_seconds=60)
+    rig.ledger.transition(
+        claimed.id, SweepState.ORDERING, SweepState.FAILED, reason="a paid failure", holder="w", hold=True
+    )
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    with structlog.testing.capture_logs() as logs:
+        step(follower)
+    assert [r.state.value for r in rig.ledger.list_sweeps()] == ["failed"]
+    assert any(e["event"].startswith("ALERT: a new deposit to a held address") for e in logs)
+
+
+def test_a_crash_before_the_cursor_moves_replays_without_a_second_sweep(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    original = rig.ledger.advance_cursor
+
+    def die(*args: object, **kwargs: object) -> bool:
+        raise Crash()
+
+    rig.ledger.advance_cursor = die  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        step(follower)
+    rig.ledger.advance_cursor = original  # type: ignore[method-assign]
+    assert set(rig.queued()) == {WATCHED[1]}
+    restarted = rig.follower("daemon-a")  # the same host after a restart: a new process
+    rig.clock.advance(61)  # the dead process's lease runs out
+    step(restarted)
+    assert len(rig.ledger.list_sweeps()) == 1
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.next_block == rig.chain.solid + 1
+
+
+def test_only_the_lease_holder_follows_and_another_takes_over_after_it_dies(rig: Rig) -> None:
+    a, b = rig.follower("daemon-a"), rig.follower("daemon-b")
+    step(a)
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    assert step(b) == 0 and a.status.following and not b.status.following
+    step(a)
+    rig.chain.mine((USDT, PAYER, WATCHED[2], 20_000_000))
+    rig.clock.advance(61)  # a died: its lease runs out
+    assert step(b) == 1 and b.status.following
+    assert set(rig.queued()) == {WATCHED[1], WATCHED[2]}
+    assert step(a) == 0 and not a.status.following, "a's old token can no longer move the cursor"
+
+
+def test_an_address_added_while_following_has_its_balance_read_once(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    newcomer = WALLET.address(50)
+    rig.chain.balances[USDT][newcomer] = 40_000_000  # deposited before we watched it
+    rig.ledger.upsert_addresses([NewAddress(newcomer, "import")])
+    step(follower)
+    assert rig.queued() == {newcomer: 40_000_000}
+
+
+def test_an_address_added_while_no_daemon_followed_has_its_balance_read_at_takeover(rig: Rig) -> None:
+    step(rig.follower("daemon-a"))
+    rig.chain.mine_empty(2)
+    step(rig.follower("daemon-a"))  # following moved: advanced_at is set
+    rig.clock.advance(3600)  # the daemon is down for an hour; an import happens meanwhile
+    newcomer = WALLET.address(51)
+    rig.chain.balances[USDT][newcomer] = 40_000_000
+    rig.ledger.upsert_addresses([NewAddress(newcomer, "import")])
+    step(rig.follower("daemon-b"))
+    assert rig.queued() == {newcomer: 40_000_000}
