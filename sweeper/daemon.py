@@ -132,6 +132,11 @@ class Daemon:
         self._work_again = False
         self._reload_lock = asyncio.Lock()
         self._poll_lock = asyncio.Lock()
+        # The safety-net pass keeps its own progress row: it never resumes, nor is resumed by, the
+        # initial pass or a reload's.
+        self._reconcile_scanner = Scanner(
+            ledger, self.chain, settings.tokens, concurrency=SCAN_CONCURRENCY, name="reconcile"
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._watchdog_task: asyncio.Task[None] | None = None
 
@@ -366,11 +371,11 @@ class Daemon:
         """[detect] mode = "both": the safety net. A full poll pass; what it queues, following missed
         (or the deposit landed in a block following had not reached yet)."""
         assert self.follower is not None
-        if self.follower.initial_pass_running:
-            return
+        if self.follower.initial_pass_running or not self.follower.status.following:
+            return  # the daemon that follows runs the safety net (one pass, not one per daemon)
         try:
             async with self._poll_lock:  # one poll pass at a time (the reload's, the safety net's)
-                report = await self.scanner.run_pass()
+                report = await self._reconcile_scanner.run_pass()
         except (ChainError, ScanError) as exc:
             log.warning("safety-net poll pass incomplete; it resumes next time", error=str(exc)[:300])
             return
@@ -386,18 +391,24 @@ class Daemon:
             log.info("safety-net poll pass: nothing that following had missed", addresses=report.addresses)
 
     async def _poll_after_reload(self) -> None:
-        assert self.follower is not None
-        if self.follower.initial_pass_running:
-            return  # that pass reads every address under the new thresholds already
         log.info("thresholds lowered: a poll pass reads the balances already there")
-        try:
-            async with self._poll_lock:
-                report = await self.scanner.run_pass()
-        except (ChainError, ScanError) as exc:
-            log.warning(
-                "poll pass after the reload incomplete; the daily safety net covers it", error=str(exc)[:300]
-            )
-            return
+        # Its own pass (not the initial or the safety-net one): it never resumes one begun under the
+        # old thresholds. Retried until it completes: in "follow" mode nothing else would read them.
+        scanner = Scanner(
+            self.ledger, self.chain, self.settings.tokens, concurrency=SCAN_CONCURRENCY, name="reload"
+        )
+        while True:
+            if self._stopping:
+                return
+            try:
+                async with self._poll_lock:
+                    report = await scanner.run_pass()
+                break
+            except (ChainError, ScanError) as exc:
+                log.warning(
+                    "poll pass after the reload incomplete; retried in a minute", error=str(exc)[:300]
+                )
+                await asyncio.sleep(60)
         if report.queued:
             self.wake_worker()
 
@@ -620,6 +631,7 @@ class Daemon:
             self.settings = merged
             configure_logging(secrets=merged.secret_values())
             self.scanner.tokens = merged.tokens
+            self._reconcile_scanner.tokens = merged.tokens
             if self.follower is not None:
                 self.follower.tokens = tuple(merged.tokens)
                 # Following only sees new deposits: balances already below the old threshold and at

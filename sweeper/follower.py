@@ -52,6 +52,8 @@ BLOCK_SECONDS: Final = 3.0  # TRON's block interval: lag in seconds is estimated
 PROOF_BLOCKS: Final = 20  # recent solid blocks looked at to prove the node keeps transaction infos
 PROOF_WITH_TRANSACTIONS: Final = 5  # … of which this many with transactions must all answer [] to refuse
 PROOF_INTERVAL_SECONDS: Final = 3600.0
+REFUSED_RETRY_SECONDS: Final = 300.0  # a node that refused following is asked again this often
+IN_LIST_CHUNK: Final = 1000  # addresses per ledger query (Postgres takes at most 65,535 parameters)
 # An address registered this long before following last moved may have missed that batch's read.
 ADDED_MARGIN: Final = timedelta(minutes=10)
 NODE_SETTING: Final = (
@@ -128,6 +130,11 @@ class Follower:
         self.name = name
         self.status = FollowStatus()
         self._lease: FollowLease | None = None
+        self._refused_until = float("-inf")
+        # (address, token contract): deposits seen while the pair had an open sweep, a hold or a
+        # cooldown; read again once that is over (the open sweep may have read the balance before
+        # this deposit landed). In memory: after a restart the safety-net pass covers them.
+        self._recheck: set[tuple[str, str]] = set()
         self._next_block: int | None = None  # the cursor as we left it, while we hold the lease
         self._proved_at = float("-inf")
         self._watched: set[str] = set()  # hex20 of every watched deposit address
@@ -141,15 +148,44 @@ class Follower:
         """Hold the lease, make sure following has a start, and catch up to the solid head.
         Returns the number of blocks processed (0: not ours, or nothing new). Raises
         NodeCannotFollow when the node keeps no transaction infos, ChainError on node trouble."""
+        if time.monotonic() < self._refused_until:
+            return 0  # the node keeps no transaction infos: asked again after a pause
         token = await self._hold_lease()
         if token is None:
             return 0
+        # The lease is renewed in the background while the step runs (a long catch-up, a big import's
+        # balance reads, the initial pass): a step never outlives its lease unnoticed.
+        work = asyncio.ensure_future(self._follow(token))
+        renewer = asyncio.ensure_future(self._keep_renewed(token, work))
         try:
-            return await self._follow(token)
+            return await work
+        except asyncio.CancelledError:
+            if self._lease is None:  # our renewer cancelled it: the lease was lost
+                return 0
+            raise
         except LeaseLost:
             log.warning("follower lease lost; another daemon follows now", worker=self.worker_id)
             self._drop_lease()
             return 0
+        except NodeCannotFollow:
+            # Let another daemon (perhaps with another node) follow, and do not re-prove every tick.
+            self._refused_until = time.monotonic() + REFUSED_RETRY_SECONDS
+            await self.release()
+            raise
+        finally:
+            renewer.cancel()
+
+    async def _keep_renewed(self, token: str, work: asyncio.Future[int]) -> None:
+        interval = max(0.5, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not await asyncio.to_thread(
+                self.ledger.renew_follow_lease, self.name, token, self.lease_seconds
+            ):
+                log.warning("follower lease lost mid-step; stopping the step", worker=self.worker_id)
+                self._drop_lease()
+                work.cancel()
+                return
 
     async def release(self) -> None:
         """Clean shutdown: give the lease up so another daemon takes over at once."""
@@ -202,6 +238,7 @@ class Follower:
         if not self._watched_loaded:
             await self._read_added_while_away(token)
         await self._refresh_watched()
+        await self._check_pending()
         done = 0
         started = time.perf_counter()
         while cursor <= head.number:
@@ -339,48 +376,74 @@ class Follower:
         alert_held: bool = True,
         reason: str = "deposit seen in a followed block; balance at or above min_sweep",
     ) -> None:
-        """Read these (address, token) balances once each and queue those at or above threshold."""
+        """Read these (address, token) balances once each and queue those at or above threshold. A
+        pair with an open sweep, a hold or a cooldown is not read now but remembered (`_recheck`)."""
         semaphore = asyncio.Semaphore(self.concurrency)
         for token in self.tokens:
-            recipients = by_token.get(token.contract)
-            if not recipients:
-                continue
-            open_already = await asyncio.to_thread(self.ledger.with_open_sweep, token.symbol, recipients)
-            blocked = await asyncio.to_thread(self.ledger.blocked, token.symbol, recipients)
-            for address in sorted(blocked - open_already) if alert_held else ():
-                hold = await asyncio.to_thread(self.ledger.active_hold, address, token.symbol)
-                if hold is not None:
-                    self.status.held_deposits += 1
-                    log.error(
-                        "ALERT: a new deposit to a held address; it stays held until "
-                        "`sweeper addresses release` or `sweeper sweeps retry`",
-                        address=address,
-                        token=token.symbol,
-                        held_since=hold.held_at,
-                        reason=hold.reason,
-                    )
-            to_read = sorted(recipients - open_already - blocked)
+            recipients = sorted(by_token.get(token.contract, ()))
+            for start in range(0, len(recipients), IN_LIST_CHUNK):
+                chunk = set(recipients[start : start + IN_LIST_CHUNK])
+                await self._check_chunk(token, chunk, semaphore, alert_held=alert_held, reason=reason)
 
-            async def check(address: str, token: TokenSettings = token) -> None:
-                async with semaphore:
-                    amount = await self.chain.token_balance(address, token.contract)
-                if amount < token.min_sweep_base_units:
-                    return
-                sweep_id = await asyncio.to_thread(
-                    self.ledger.queue_sweep,
-                    address,
-                    token.symbol,
-                    token.contract,
-                    amount,
-                    reason=reason,
+    async def _check_chunk(
+        self,
+        token: TokenSettings,
+        recipients: set[str],
+        semaphore: asyncio.Semaphore,
+        *,
+        alert_held: bool,
+        reason: str,
+    ) -> None:
+        open_already = await asyncio.to_thread(self.ledger.with_open_sweep, token.symbol, recipients)
+        blocked = await asyncio.to_thread(self.ledger.blocked, token.symbol, recipients)
+        self._recheck.update((address, token.contract) for address in open_already | blocked)
+        for address in sorted(blocked - open_already) if alert_held else ():
+            hold = await asyncio.to_thread(self.ledger.active_hold, address, token.symbol)
+            if hold is not None:
+                self.status.held_deposits += 1
+                log.error(
+                    "ALERT: a new deposit to a held address; it stays held until "
+                    "`sweeper addresses release` or `sweeper sweeps retry`",
+                    address=address,
+                    token=token.symbol,
+                    held_since=hold.held_at,
+                    reason=hold.reason,
                 )
-                if sweep_id is not None:
-                    self.status.queued += 1
-                    log.info(
-                        "sweep queued", sweep_id=sweep_id, address=address, token=token.symbol, amount=amount
-                    )
 
-            await asyncio.gather(*(check(a) for a in to_read))
+        async def check(address: str) -> None:
+            async with semaphore:
+                amount = await self.chain.token_balance(address, token.contract)
+            if amount < token.min_sweep_base_units:
+                return
+            sweep_id = await asyncio.to_thread(
+                self.ledger.queue_sweep, address, token.symbol, token.contract, amount, reason=reason
+            )
+            if sweep_id is not None:
+                self.status.queued += 1
+                log.info(
+                    "sweep queued", sweep_id=sweep_id, address=address, token=token.symbol, amount=amount
+                )
+
+        await asyncio.gather(*(check(a) for a in sorted(recipients - open_already - blocked)))
+
+    async def _check_pending(self) -> None:
+        """Pairs remembered while they had an open sweep, a hold or a cooldown: read again once
+        nothing stands in the way any more (`_check` remembers them again if something still does)."""
+        if not self._recheck:
+            return
+        pending, self._recheck = self._recheck, set()
+        by_token: dict[str, set[str]] = {}
+        for address, contract in pending:
+            by_token.setdefault(contract, set()).add(address)
+        try:
+            await self._check(
+                by_token,
+                alert_held=False,
+                reason="a deposit seen while a sweep was open; balance at or above min_sweep",
+            )
+        except BaseException:
+            self._recheck |= pending  # read again next step
+            raise
 
     async def _read_added_while_away(self, token: str) -> None:
         """Taking the lease: addresses registered since following last moved (plus a margin for an
@@ -416,7 +479,6 @@ class Follower:
             if not page:
                 return
             self._watched.update(hex20(address) for _, address in page)
-            self._watched_after_id = page[-1][0]
             if not first_load:
                 added = {address for _, address in page}
                 log.info("new deposit addresses: their balances are read once", addresses=len(added))
@@ -425,6 +487,8 @@ class Follower:
                     alert_held=False,
                     reason="a deposit address added while following; balance at or above min_sweep",
                 )
+            # Only once they were read: a failed read is retried with the same page next step.
+            self._watched_after_id = page[-1][0]
 
     # --- proving the node ----------------------------------------------------------------------
 

@@ -220,3 +220,53 @@ def test_an_address_added_while_no_daemon_followed_has_its_balance_read_at_takeo
     rig.ledger.upsert_addresses([NewAddress(newcomer, "import")])
     step(rig.follower("daemon-b"))
     assert rig.queued() == {newcomer: 40_000_000}
+
+
+def test_a_deposit_while_a_sweep_is_open_is_read_again_once_it_is_final(rig: Rig) -> None:
+    follower = rig.follower()
+    step(follower)
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    step(follower)
+    [row] = rig.ledger.list_sweeps()
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 15_000_000))  # lands after the open sweep read its balance
+    step(follower)
+    assert len(rig.ledger.list_sweeps()) == 1, "one open sweep per pair"
+    rig.ledger.cancel(row.id)  # the first sweep ends (here: cancelled); 35 USDT still there
+    step(follower)
+    assert sorted(r.observed_amount for r in rig.ledger.list_sweeps()) == [20_000_000, 35_000_000]
+
+
+def test_a_failed_balance_read_of_a_new_address_is_retried(rig: Rig) -> None:
+    from sweeper.chain import ChainUnavailable
+
+    follower = rig.follower()
+    step(follower)
+    newcomer = WALLET.address(52)
+    rig.chain.balances[USDT][newcomer] = 40_000_000
+    rig.ledger.upsert_addresses([NewAddress(newcomer, "import")])
+    rig.chain.fail("token_balance", ChainUnavailable("timeout"))
+    with pytest.raises(ChainUnavailable):
+        step(follower)
+    step(follower)
+    assert rig.queued() == {newcomer: 40_000_000}
+
+
+def test_a_lease_lost_mid_step_stops_the_step_before_the_cursor_moves(rig: Rig) -> None:
+    follower = rig.follower()
+    follower.lease_seconds = 1.5  # renewed every 0.5 s in the background
+    step(follower)
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    original = rig.chain.solid_transaction_infos
+
+    async def slow(number: int) -> list[dict[str, object]]:
+        rig.clock.advance(5)  # another daemon's clock view: our lease has run out meanwhile
+        rig.ledger.take_follow_lease("blocks", "daemon-b", 60)
+        await asyncio.sleep(1.0)
+        return await original(number)
+
+    rig.chain.solid_transaction_infos = slow  # type: ignore[method-assign]
+    before = rig.ledger.follow_cursor()
+    assert step(follower) == 0 and not follower.status.following
+    after = rig.ledger.follow_cursor()
+    assert before is not None and after is not None and after.next_block == before.next_block
+    assert after.holder == "daemon-b"
