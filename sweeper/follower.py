@@ -101,7 +101,7 @@ class FollowStatus:
 class _Batch:
     first: int
     end: int  # exclusive: the cursor after the batch
-    deposits: list[TokenTransfer] = field(default_factory=list)
+    deposits: list[tuple[int, TokenTransfer]] = field(default_factory=list)  # (block, deposit)
     unserved: int | None = None  # a block the node could not serve yet (the batch ends before it)
 
 
@@ -116,7 +116,7 @@ class Follower:
         scanner: Scanner,
         lease_seconds: float = 60.0,
         concurrency: int = 8,
-        batch_blocks: int = 100,
+        batch_blocks: int = 1000,
         name: str = FOLLOW_BLOCKS,
     ) -> None:
         self.ledger = ledger
@@ -131,6 +131,10 @@ class Follower:
         self.status = FollowStatus()
         self._lease: FollowLease | None = None
         self._refused_until = float("-inf")
+        # (address, token contract) -> the solid head read before its balance was last read: deposits
+        # in blocks up to there are in that read. Entries below the cursor are dropped each step.
+        self._read_at: dict[tuple[str, str], int] = {}
+        self._head_before_reads = -1
         # (address, token contract): deposits seen while the pair had an open sweep, a hold or a
         # cooldown; read again once that is over (the open sweep may have read the balance before
         # this deposit landed). In memory: after a restart the safety-net pass covers them.
@@ -231,10 +235,12 @@ class Follower:
 
     async def _follow(self, token: str) -> int:
         head = await self.chain.solid_head()
+        self._head_before_reads = head.number
         self._saw_head(head)
         if time.monotonic() - self._proved_at >= PROOF_INTERVAL_SECONDS:
             await self.prove_node(head)
         cursor = await self._start(token, head)
+        self._read_at = {pair: at for pair, at in self._read_at.items() if at >= cursor}
         if not self._watched_loaded:
             await self._read_added_while_away(token)
         await self._refresh_watched()
@@ -355,17 +361,23 @@ class Follower:
                 batch.end = first + offset
                 batch.unserved = first + offset
                 break
-            batch.deposits.extend(found)
+            batch.deposits.extend((first + offset, deposit) for deposit in found)
         return batch
 
-    async def _queue(self, deposits: list[TokenTransfer]) -> None:
+    async def _queue(self, deposits: list[tuple[int, TokenTransfer]]) -> None:
         """Read each recipient's balance once per (address, token) and queue it at or above the
-        token's threshold; a deposit to a held address is an ALERT, never a sweep."""
+        token's threshold; a deposit to a held address is an ALERT, never a sweep.
+
+        A balance read answers the node's latest state, which includes every block up to the solid
+        head read before it: a deposit in such a block is already in that read (`_read_at`), so it
+        costs no second read. While catching up, each recipient is read about once in all."""
         if not deposits:
             return
         self.status.deposits_seen += len(deposits)
         by_token: dict[str, set[str]] = {}
-        for deposit in deposits:
+        for block, deposit in deposits:
+            if block <= self._read_at.get((deposit.recipient, deposit.token), -1):
+                continue
             by_token.setdefault(deposit.token, set()).add(deposit.recipient)
         await self._check(by_token)
 
@@ -413,6 +425,7 @@ class Follower:
         async def check(address: str) -> None:
             async with semaphore:
                 amount = await self.chain.token_balance(address, token.contract)
+            self._read_at[(address, token.contract)] = self._head_before_reads
             if amount < token.min_sweep_base_units:
                 return
             sweep_id = await asyncio.to_thread(
