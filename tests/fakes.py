@@ -38,13 +38,13 @@ from sweeper.chain import (
     TokenTransfer,
     TransferStatus,
     TxState,
-    UnsafeTransaction,
     UnsignedTransfer,
     transfer_data,
 )
 from sweeper.chain import (
     BroadcastResult as BroadcastResult,
 )
+from sweeper.chain.transfers import sign_transfer
 from sweeper.domain import address_to_hex
 from sweeper.keys import SigningKey
 from sweeper.protocols import BlockSource, EnergyProvider, SweepChain
@@ -274,20 +274,7 @@ class FakeChain(_Faults):
 
     def sign_transfer(self, unsigned: UnsignedTransfer, key: SigningKey) -> SignedTransfer:
         self._enter("sign_transfer")
-        if key.address != unsigned.owner:
-            raise UnsafeTransaction(f"the key for {key.address} cannot sign a transfer from {unsigned.owner}")
-        signature = key.sign_digest(bytes.fromhex(unsigned.txid)).hex()
-        return SignedTransfer(
-            txid=unsigned.txid,
-            raw_data=unsigned.raw_data,
-            signature=signature,
-            owner=unsigned.owner,
-            destination=unsigned.destination,
-            token=unsigned.token,
-            amount=unsigned.amount,
-            fee_limit_sun=unsigned.fee_limit_sun,
-            expiration_ms=unsigned.expiration_ms,
-        )
+        return sign_transfer(unsigned, key)  # the real signing, checks included
 
     async def broadcast(self, signed: SignedTransfer) -> BroadcastResult:
         self._enter("broadcast")

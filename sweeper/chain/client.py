@@ -25,8 +25,6 @@ from sweeper.chain.errors import (
     BroadcastRejected,
     ChainResponseError,
     ChainUnavailable,
-    TransactionExpired,
-    UnsafeTransaction,
 )
 from sweeper.chain.models import (
     DEFAULT_LIFETIME_MS,
@@ -49,9 +47,9 @@ from sweeper.chain.transfers import (
     _decode_message,
     _int,
     _parse_constant_call,
-    _recover_signer,
     _succeeded,
     decode_transfer_logs,
+    sign_transfer,
     transfer_data,
     verify_transfer,
 )
@@ -448,35 +446,7 @@ class TronChain:
         self, unsigned: UnsignedTransfer, key: SigningKey, *, min_remaining_ms: int = 5_000
     ) -> SignedTransfer:
         """Sign after re-verifying; the key must belong to the transfer's owner."""
-        if key.address != unsigned.owner:
-            raise UnsafeTransaction(f"the key for {key.address} cannot sign a transfer from {unsigned.owner}")
-        verify_transfer(
-            unsigned.raw_data,
-            unsigned.txid,
-            owner=unsigned.owner,
-            token=unsigned.token,
-            destination=unsigned.destination,
-            amount=unsigned.amount,
-            fee_limit_sun=unsigned.fee_limit_sun,
-        )
-        if unsigned.remaining_ms() <= min_remaining_ms:
-            raise TransactionExpired(
-                f"transaction {unsigned.txid} expires at {unsigned.expires_at.isoformat()}"
-            )
-        signature = key.sign_digest(bytes.fromhex(unsigned.txid)).hex()
-        if _recover_signer(unsigned.txid, signature) != unsigned.owner:
-            raise UnsafeTransaction("the signature does not recover to the owner")
-        return SignedTransfer(
-            txid=unsigned.txid,
-            raw_data=unsigned.raw_data,
-            signature=signature,
-            owner=unsigned.owner,
-            destination=unsigned.destination,
-            token=unsigned.token,
-            amount=unsigned.amount,
-            fee_limit_sun=unsigned.fee_limit_sun,
-            expiration_ms=unsigned.expiration_ms,
-        )
+        return sign_transfer(unsigned, key, min_remaining_ms=min_remaining_ms)
 
     async def broadcast(self, signed: SignedTransfer) -> BroadcastResult:
         """Send the signed bytes. DUP_TRANSACTION_ERROR means the node already has them (not a new tx)."""

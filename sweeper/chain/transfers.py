@@ -20,15 +20,18 @@ A solidified block's transaction infos (`walletsolidity/gettransactioninfobybloc
 from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tronpy.exceptions import BadSignature
 from tronpy.keys import Signature
 from tronpy.proto import calculate_txid_from_raw_data
 
-from sweeper.chain.errors import ChainResponseError, UnsafeTransaction
-from sweeper.chain.models import DecodedTransfer, Simulation, TokenTransfer
+from sweeper.chain.errors import ChainResponseError, TransactionExpired, UnsafeTransaction
+from sweeper.chain.models import DecodedTransfer, SignedTransfer, Simulation, TokenTransfer, UnsignedTransfer
 from sweeper.domain import InvalidAddress, address_to_hex, hex_to_address
+
+if TYPE_CHECKING:
+    from sweeper.keys import SigningKey
 
 TRANSFER_SELECTOR: Final = "a9059cbb"  # transfer(address,uint256)
 TRANSFER_TOPIC: Final = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
@@ -374,3 +377,38 @@ def _bool_word(output: str, what: str) -> bool:
     if len(output) != 64 or output.strip("0123456789abcdef") or int(output, 16) > 1:
         raise ChainResponseError(f"{what} returned {output[:80]!r}, not a bool word")
     return int(output, 16) == 1
+
+
+def sign_transfer(
+    unsigned: UnsignedTransfer, key: SigningKey, *, min_remaining_ms: int = 5_000
+) -> SignedTransfer:
+    """Sign after re-verifying the raw_data against what it claims; the key must belong to the
+    transfer's owner, and enough of its lifetime must be left. (TronChain.sign_transfer; the tests'
+    in-process chain signs the same way.)"""
+    if key.address != unsigned.owner:
+        raise UnsafeTransaction(f"the key for {key.address} cannot sign a transfer from {unsigned.owner}")
+    verify_transfer(
+        unsigned.raw_data,
+        unsigned.txid,
+        owner=unsigned.owner,
+        token=unsigned.token,
+        destination=unsigned.destination,
+        amount=unsigned.amount,
+        fee_limit_sun=unsigned.fee_limit_sun,
+    )
+    if unsigned.remaining_ms() <= min_remaining_ms:
+        raise TransactionExpired(f"transaction {unsigned.txid} expires at {unsigned.expires_at.isoformat()}")
+    signature = key.sign_digest(bytes.fromhex(unsigned.txid)).hex()
+    if _recover_signer(unsigned.txid, signature) != unsigned.owner:
+        raise UnsafeTransaction("the signature does not recover to the owner")
+    return SignedTransfer(
+        txid=unsigned.txid,
+        raw_data=unsigned.raw_data,
+        signature=signature,
+        owner=unsigned.owner,
+        destination=unsigned.destination,
+        token=unsigned.token,
+        amount=unsigned.amount,
+        fee_limit_sun=unsigned.fee_limit_sun,
+        expiration_ms=unsigned.expiration_ms,
+    )
