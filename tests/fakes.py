@@ -6,7 +6,8 @@ production: the chain checks the txid and the signature of every broadcast again
 owner, refuses an expired transaction and knows a duplicate; a transfer sent without the energy in
 place burns TRX (recorded, so a test can assert it never happens); the provider refuses an order
 to another destination and, by default, accepts a reused `out_trade_no` (a second, paid order: the
-pessimistic reading of the provider's docs, so the tests' one-order invariant can fail). The HTTP sandbox
+pessimistic reading of the provider's docs, so the tests' one-order invariant can fail;
+`repeated_out_trade_no` acts out the other readings). The HTTP sandbox
 (`sweeper.sandbox`) stays for the integration and end-to-end suites: it models the real services'
 wire forms, which these fakes do not.
 
@@ -63,6 +64,7 @@ from sweeper.provider.models import (
     OrderStatus,
     PriceQuote,
 )
+from sweeper.sandbox.provider_server import MSG_DUPLICATE_OUT_TRADE_NO, RepeatedOutTradeNo
 
 TRANSFER_BANDWIDTH = 350
 ENERGY_FEE_SUN = 100  # sun per energy unit (mainnet's getEnergyFee)
@@ -341,7 +343,14 @@ class FakeProvider(_Faults):
     orders: dict[str, FakeOrder] = field(default_factory=dict)
     # Whether the provider refuses an out_trade_no it has seen is not documented: by default it
     # does not, and a second POST for a row is a second paid order (the invariant catches it).
-    refuse_reused_out_trade_no: bool = False
+    refuse_reused_out_trade_no: bool = False  # refused as a 400 field error on out_trade_no
+    # The reading of a repeated out_trade_no (the sandbox's switch of the same name): a second paid
+    # order whose lookup answers the first (the default) or the newest; refused (errno 1, no field
+    # errors); or answered with the existing order, nothing charged.
+    repeated_out_trade_no: RepeatedOutTradeNo = RepeatedOutTradeNo.FIRST_WINS
+    # The lookup by out_trade_no finds an order only once it is this old (a provider whose query
+    # lags behind its orders); by serial it is found at once.
+    lookup_lag_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _Faults.__init__(self)
@@ -375,8 +384,16 @@ class FakeProvider(_Faults):
         address = receive_address
         if to_address != self.destination:
             raise OrderRejected("to_address is not the destination", field_errors={"to_address": ("wrong",)})
-        if self.refuse_reused_out_trade_no and self.orders_for(out_trade_no):
+        seen = self.orders_for(out_trade_no)
+        if self.refuse_reused_out_trade_no and seen:
             raise OrderRejected("duplicate", field_errors={"out_trade_no": ("already used",)})
+        if seen and self.repeated_out_trade_no is RepeatedOutTradeNo.REFUSED:
+            # What ProviderClient raises for errno 1 while the account balance is healthy.
+            raise OrderRejected(
+                "order refused by the provider", message=MSG_DUPLICATE_OUT_TRADE_NO, errno=1, http_status=200
+            )
+        if seen and self.repeated_out_trade_no is RepeatedOutTradeNo.IDEMPOTENT:
+            return self._answer(seen[0], scene)
         if self.balance_sun < self.price_sun:
             raise InsufficientProviderBalance("balance too low", balance_sun=self.balance_sun)
         holds = self.chain.balances[self.token].get(to_address, 0) > 0
@@ -386,15 +403,18 @@ class FakeProvider(_Faults):
         self.orders[serial] = FakeOrder(
             serial, address, to_address, out_trade_no, self.price_sun, energy, created=self.chain.clock()
         )
+        return self._answer(self.orders[serial], scene)
+
+    def _answer(self, order: FakeOrder, scene: int) -> CollectOrder:
         if self.lose_answer:
             self.lose_answer = False
             raise OrderOutcomeUnknown("POST collect-manual sent, answer lost (fake)")
         return CollectOrder(
-            serial=serial,
+            serial=order.serial,
             scene=scene or 1,
-            amount_sun=self.price_sun,
+            amount_sun=order.amount_sun,
             balance_sun=self.balance_sun,
-            out_trade_no=out_trade_no,
+            out_trade_no=order.out_trade_no,
             raw="{}",
         )
 
@@ -407,10 +427,15 @@ class FakeProvider(_Faults):
             for o in self.orders.values()
             if (serial is None or o.serial == serial)
             and (out_trade_no is None or o.out_trade_no == out_trade_no)
+            and (
+                serial is not None
+                or (self.chain.clock() - o.created).total_seconds() >= self.lookup_lag_seconds
+            )
         ]
         if not found:
             return OrderNotFound(serial=serial, out_trade_no=out_trade_no, message="not found", raw="{}")
-        order = found[0]
+        # Several orders for one out_trade_no (dicts keep insertion order): the reading decides.
+        order = found[-1] if self.repeated_out_trade_no is RepeatedOutTradeNo.NEWEST_WINS else found[0]
         if serial is not None and self.delegate_when_asked and order.status is OrderStatus.PAID:
             self.complete(order.serial)
         return Order(

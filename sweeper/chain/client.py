@@ -63,6 +63,8 @@ from sweeper.retry import NODE_RETRY, RetryPolicy
 _TRANSIENT_CODES: Final = frozenset(
     {"SERVER_BUSY", "NO_CONNECTION", "NOT_ENOUGH_EFFECTIVE_CONNECTION", "BLOCK_UNSOLIDIFIED"}
 )
+# The {"Error": …} text of java-tron's rate limiter (RateLimiterServlet: IllegalAccessException).
+_NODE_BUSY: Final = "lack of computing resources"
 
 
 class TronChain:
@@ -153,7 +155,12 @@ class TronChain:
     async def _request(self, path: str, params: dict[str, Any]) -> Any:
         answer = await self._provider.make_request(path, params)
         if isinstance(answer, dict) and "Error" in answer:
-            raise ChainResponseError(f"{path}: node error {str(answer['Error'])[:200]}")
+            error = str(answer["Error"])[:200]
+            if _NODE_BUSY in error:
+                # java-tron's per-API rate limiter answers HTTP 200 with this Error, not a 429
+                # (RateLimiterServlet): a busy node, not a refusal of this request. Transient.
+                raise ChainUnavailable(f"{path}: node busy ({error})")
+            raise ChainResponseError(f"{path}: node error {error}")
         return answer
 
     async def _dict(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +215,14 @@ class TronChain:
         if not isinstance(result, dict) or result.get("result") is not True:
             message = _decode_message(result.get("message")) if isinstance(result, dict) else ""
             raise ChainResponseError(f"balanceOf({holder}) failed: {message or 'no result'}")
+        # A call that ran and reverted also has result.result true (the revert is in
+        # transaction.ret and result.message): its constant_result is revert data, never a balance.
+        transaction = answer.get("transaction")
+        rets = transaction.get("ret") if isinstance(transaction, dict) else None
+        first = rets[0] if isinstance(rets, list) and rets else None
+        if "message" in result or (isinstance(first, dict) and first.get("ret") == "FAILED"):
+            message = _decode_message(result.get("message")) or "FAILED"
+            raise ChainResponseError(f"balanceOf({holder}) reverted: {message}")
         try:
             word = answer["constant_result"][0]
             value = int(word, 16)
