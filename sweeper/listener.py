@@ -1,11 +1,19 @@
-"""The daemon's HTTP side: provider callbacks, health and metrics (a Starlette app under uvicorn).
+"""The daemon's HTTP side: provider callbacks, health and metrics (Starlette apps under uvicorn).
 
 * `POST /callback`: a provider callback is only a hint (design.md): verified, it makes its sweep
   due now and the worker re-queries the provider; it never changes a sweep's state by itself. A
-  bad signature, a stale timestamp or garbage gets 401 and changes nothing. Bodies over 64 KiB are
-  refused (413) without reading more than the limit.
+  bad signature, a stale timestamp or garbage gets 401 and changes nothing. Bodies over 8 KiB are
+  refused (413) without reading more than the limit. This port faces the internet and shares the
+  event loop with the pipeline, so a forged callback must cost little: verification checks the
+  raw body's HMAC first and parses only small bodies (provider/callbacks.py), and failures beyond
+  `max_failed_per_second` (all clients together) are answered 429 after one HMAC, unparsed and
+  unlogged (one summary line a minute). Dropping callbacks loses nothing: the worker polls every
+  order anyway.
 * `GET /healthz`: 200 or 503 with the checks the daemon reports.
 * `GET /metrics`: Prometheus text format.
+
+`create_app` serves all three, or only `/callback` when `/healthz` and `/metrics` have a listener
+of their own (`create_monitoring_app`, on `[metrics] listen`).
 
 `serve()` runs uvicorn in the caller's event loop (design.md, "How it runs"). The daemon owns the
 process's signals: uvicorn must not install its own handlers, or SIGTERM would stop only the
@@ -16,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 import uvicorn
@@ -32,6 +42,7 @@ from starlette.types import ASGIApp
 from sweeper.metrics import (
     CALLBACK_ERROR,
     CALLBACK_HINTED,
+    CALLBACK_RATE_LIMITED,
     CALLBACK_TOO_LARGE,
     CALLBACK_UNMATCHED,
     CONTENT_TYPE,
@@ -41,7 +52,9 @@ from sweeper.provider.callbacks import CallbackRejected, ProviderCallback, Rejec
 
 log = structlog.get_logger(__name__)
 
-MAX_CALLBACK_BYTES: Final = 64 * 1024
+MAX_CALLBACK_BYTES: Final = 8 * 1024  # a real callback is a few hundred bytes
+DEFAULT_MAX_FAILED_PER_SECOND: Final = 10.0  # [callback] max_failed_per_second
+REFUSALS_SUMMARY_SECONDS: Final = 60.0  # refusals beyond the budget: one log line this often
 HEALTH_TIMEOUT_SECONDS: Final = 10.0
 STARTUP_TIMEOUT_SECONDS: Final = 10.0
 GRACEFUL_SHUTDOWN_SECONDS: Final = 5.0
@@ -55,7 +68,15 @@ class HealthReport:
     checks: dict[str, str] = field(default_factory=dict)
 
 
-Verifier = Callable[[Mapping[str, str], bytes], ProviderCallback | CallbackRejected]
+class Verifier(Protocol):
+    """`verify_callback` with the daemon's secret and clock; `alternative_forms=False`: the raw
+    body's signature only (one HMAC; the body is parsed only if it matches)."""
+
+    def __call__(
+        self, headers: Mapping[str, str], body: bytes, *, alternative_forms: bool
+    ) -> ProviderCallback | CallbackRejected: ...
+
+
 HintHandler = Callable[[ProviderCallback], Awaitable[int | None]]
 HealthCheck = Callable[[], Awaitable[HealthReport]]
 
@@ -95,25 +116,94 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client is not None else None
 
 
+class FailureBudget:
+    """Refused callbacks allowed per second, all clients together: `per_second` on average, in
+    bursts of up to one second's worth (a token bucket on a monotonic clock).
+
+    Within it, a callback gets the full verification and a refusal is logged; beyond it, only the
+    raw body's HMAC, and a refusal is answered 429 and counted for the summary line. Overall rather
+    than per client: a flood from many addresses must not multiply it.
+    """
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not (math.isfinite(per_second) and per_second > 0):
+            raise ValueError(f"max_failed_per_second must be a positive number, got {per_second!r}")
+        self.per_second = per_second
+        self.capacity = max(1.0, per_second)
+        self._tokens = self.capacity
+        self._clock = clock
+        self._at = clock()
+
+    def available(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        return self._tokens >= 1.0
+
+    def spend(self) -> None:
+        self._tokens -= 1.0
+
+
+@dataclass
+class _Refusals:
+    """Refusals beyond the budget: not logged one by one, but summed into one line a minute."""
+
+    clock: Callable[[], float]
+    per_second: float
+    count: int = 0
+    logged_at: float = -math.inf
+
+    def add(self, kind: str) -> None:
+        self.count += 1
+        now = self.clock()
+        if now - self.logged_at >= REFUSALS_SUMMARY_SECONDS:
+            log.warning(
+                "provider callbacks refused beyond max_failed_per_second: not logged one by one "
+                "(callbacks are only hints; the worker polls every order)",
+                refused=self.count,
+                latest=kind,
+                limit_per_second=self.per_second,
+            )
+            self.count = 0
+            self.logged_at = now
+
+
 def create_app(
     *,
     verify: Verifier,
     on_hint: HintHandler,
-    health: HealthCheck,
     metrics: Metrics,
+    health: HealthCheck | None,
     max_body_bytes: int = MAX_CALLBACK_BYTES,
+    max_failed_per_second: float = DEFAULT_MAX_FAILED_PER_SECOND,
     health_timeout_seconds: float = HEALTH_TIMEOUT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
-    """The listener's ASGI app. `verify` must not block for long (it runs in the loop)."""
+    """The callback listener's ASGI app: `/callback`, plus `/healthz` and `/metrics` unless
+    `health` is None (they have a listener of their own then: `create_monitoring_app`).
+
+    `verify` runs in the loop: it must be cheap (provider/callbacks.py keeps it under a millisecond).
+    """
+    budget = FailureBudget(max_failed_per_second, clock)
+    beyond = _Refusals(clock, max_failed_per_second)
+
+    def refuse(kind: str) -> bool:
+        """Count a refusal against the budget: True (log it) while within it, else summed up."""
+        if budget.available():
+            budget.spend()
+            return True
+        beyond.add(kind)
+        return False
 
     async def callback(request: Request) -> Response:
         try:
             body = await read_limited_body(request, max_body_bytes)
         except BodyTooLarge as exc:
             metrics.count_callback(CALLBACK_TOO_LARGE)
-            log.warning(
-                "provider callback refused: body too large", size=exc.args[0], client=_client(request)
-            )
+            if refuse(CALLBACK_TOO_LARGE):  # answered 413 either way: nothing was read
+                log.warning(
+                    "provider callback refused: body too large", size=exc.args[0], client=_client(request)
+                )
             return JSONResponse(
                 {"ok": False, "error": "body_too_large", "limit_bytes": max_body_bytes}, status_code=413
             )
@@ -123,12 +213,20 @@ def create_app(
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
 
+        # Beyond the budget, only the raw body's HMAC: a genuine callback signed over its bytes
+        # still gets through, anything else is refused without being parsed.
+        full = budget.available()
         try:
-            verdict = verify(request.headers, body)
+            verdict = verify(request.headers, body, alternative_forms=full)
         except Exception:  # the verifier promises not to raise; garbage must not crash us anyway
             log.exception("callback verifier raised; treating the request as malformed")
             verdict = CallbackRejected(RejectionReason.MALFORMED_BODY, "unverifiable request")
         if not isinstance(verdict, ProviderCallback):
+            if not full:
+                metrics.count_callback(CALLBACK_RATE_LIMITED)
+                beyond.add(verdict.reason.value)
+                return JSONResponse({"ok": False, "error": CALLBACK_RATE_LIMITED}, status_code=429)
+            budget.spend()
             metrics.count_callback(verdict.reason.value)
             log.warning(
                 "provider callback rejected",
@@ -158,6 +256,20 @@ def create_app(
             metrics.count_callback(CALLBACK_HINTED)
         return JSONResponse({"ok": True})
 
+    routes = [Route("/callback", callback, methods=["POST"])]
+    if health is not None:
+        routes += _monitoring_routes(health, metrics, health_timeout_seconds)
+    return Starlette(routes=routes)
+
+
+def create_monitoring_app(
+    *, health: HealthCheck, metrics: Metrics, health_timeout_seconds: float = HEALTH_TIMEOUT_SECONDS
+) -> Starlette:
+    """`/healthz` and `/metrics` alone, for `[metrics] listen` (not the internet-facing port)."""
+    return Starlette(routes=_monitoring_routes(health, metrics, health_timeout_seconds))
+
+
+def _monitoring_routes(health: HealthCheck, metrics: Metrics, health_timeout_seconds: float) -> list[Route]:
     async def healthz(request: Request) -> Response:
         try:
             report = await asyncio.wait_for(health(), timeout=health_timeout_seconds)
@@ -175,13 +287,10 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
-    return Starlette(
-        routes=[
-            Route("/callback", callback, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ]
-    )
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
 
 
 # --- serving -----------------------------------------------------------------------------------

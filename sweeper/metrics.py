@@ -29,6 +29,7 @@ CALLBACK_HINTED: Final = "hinted"  # verified, and it matched an open sweep
 CALLBACK_UNMATCHED: Final = "unmatched"  # verified, no open sweep matched (logged, still 200)
 CALLBACK_TOO_LARGE: Final = "too_large"  # body over the limit (413)
 CALLBACK_ERROR: Final = "error"  # verified, but making the sweep due failed (503)
+CALLBACK_RATE_LIMITED: Final = "rate_limited"  # failed beyond [callback] max_failed_per_second (429)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 `CallbackRejected`; `verify_callback` never raises. A verified callback is only a hint to query the
 order now.
 
+Cheap first (the listener faces the internet, and verification runs on the daemon's event loop):
+the headers, then one HMAC over the raw body; only a body of at most
+`ALTERNATIVE_FORMS_MAX_BYTES` whose raw signature failed is parsed and re-serialised for the two
+sorted JSON forms, and then with the C encoder (a forged body costs well under a millisecond).
+
 Imports no HTTP client (the listener and tests import this module alone; a test checks it).
 """
 
@@ -22,6 +27,14 @@ from sweeper.provider.models import OrderStatus
 from sweeper.provider.signing import _scrub_secrets, sign
 
 DEFAULT_CALLBACK_MAX_AGE_SECONDS: Final = 300
+# Only bodies up to this size are parsed to try the sorted forms when the raw signature fails. A
+# provider callback is a few hundred bytes; a bigger body is checked over its raw bytes only.
+ALTERNATIVE_FORMS_MAX_BYTES: Final = 4 * 1024
+# … and only if it holds at most this many of the characters `,` `:` `[` `{` (strings included):
+# parsing and re-writing cost grows with the number of values and of nested containers (4 KiB of
+# `0.1,0.1,…` would cost milliseconds). A real callback is one flat object of about a dozen fields
+# (some 25 of them).
+ALTERNATIVE_FORMS_MAX_STRUCTURE: Final = 64
 
 
 class RejectionReason(StrEnum):
@@ -93,16 +106,15 @@ class _DuplicateKey(ValueError):
 
 
 class _JsonNumber(Decimal):
-    """A JSON number with a fraction or exponent: its exact value, and its literal text for re-serialising."""
+    """A JSON number with a fraction or exponent, exact (a field read from a verified body)."""
+
+
+class _JsonFloat(float):
+    """A JSON number with a fraction or exponent as parsed: a float (the C JSON encoder writes it as
+    `repr(float)`, as the signer's `json.dumps` does) that keeps its literal text."""
 
     __slots__ = ("literal",)
     literal: str
-
-
-def _json_number(text: str) -> _JsonNumber:
-    number = _JsonNumber(text)
-    number.literal = text
-    return number
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -118,38 +130,61 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("NaN and Infinity are not JSON")
 
 
-def _parse_callback_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity; fractional numbers as `_JsonNumber`.
+class _NotAsSigned(ValueError):
+    """A number not written the way the signer's `json.dumps` writes it (`12.500`, `1E5`)."""
+
+
+@dataclass
+class _Parsed:
+    value: Any
+    # Every fractional number is written as `repr(float)` would write it: only then can the C
+    # encoder rebuild the sorted forms byte for byte (a body whose numbers differ from the signed
+    # text in any digit, 12.50000000000000001 for 12.5, cannot match).
+    numbers_as_signed: bool
+
+
+def _parse_callback_json(body: bytes) -> _Parsed:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity; fractional numbers as `_JsonFloat`.
 
     Raises ValueError (or RecursionError) for anything else.
     """
-    return json.loads(
+    as_signed = True
+
+    def number(text: str) -> _JsonFloat:
+        nonlocal as_signed
+        value = _JsonFloat(text)
+        value.literal = text
+        if float.__repr__(value) != text:
+            as_signed = False
+        return value
+
+    value = json.loads(
         body.decode("utf-8"),
         object_pairs_hook=_unique_object,
-        parse_float=_json_number,
+        parse_float=number,
         parse_constant=_reject_constant,
     )
+    return _Parsed(value, as_signed)
 
 
-def _canonical_dump(value: Any, item_separator: str, key_separator: str) -> str:
-    """What `json.dumps(value, sort_keys=True, separators=…)` gives for the signer's data.
+def _structure(body: bytes) -> int:
+    """How many `,` `:` `[` `{` the body holds: a bound on its values and containers (C speed)."""
+    return body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"{")
 
-    Fractional numbers are written as they appeared in the body (Python's float repr on the
-    signer's side), so a body whose numbers differ from the signed text in any digit cannot match.
-    """
-    if isinstance(value, dict):
-        items = (
-            json.dumps(key) + key_separator + _canonical_dump(item, item_separator, key_separator)
-            for key, item in sorted(value.items())
-        )
-        return "{" + item_separator.join(items) + "}"
-    if isinstance(value, list):
-        return (
-            "[" + item_separator.join(_canonical_dump(v, item_separator, key_separator) for v in value) + "]"
-        )
-    if isinstance(value, _JsonNumber):
-        return value.literal
-    return json.dumps(value)  # str, int, bool, None
+
+def _sorted_form(value: Any, item_separator: str, key_separator: str) -> bytes:
+    """What `json.dumps(value, sort_keys=True, separators=…)` gives on the signer's side (C speed)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(item_separator, key_separator), allow_nan=False
+    ).encode()
+
+
+def _exact_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields with fractional numbers exact, from their literal text (never a float)."""
+    return {
+        key: _JsonNumber(value.literal) if isinstance(value, _JsonFloat) else value
+        for key, value in data.items()
+    }
 
 
 def verify_callback(
@@ -159,15 +194,22 @@ def verify_callback(
     api_secret: Secret,
     max_age_seconds: int = DEFAULT_CALLBACK_MAX_AGE_SECONDS,
     now: datetime | None = None,
+    alternative_forms: bool = True,
 ) -> ProviderCallback | CallbackRejected:
     """Check a callback's TIMESTAMP and SIGNATURE headers against its body. Never raises.
 
-    Accepted: a valid HMAC over the raw body, over the compact sorted JSON form, or over the
-    default-separator sorted form (the provider's docs show both) — nothing else. The timestamp
-    must be within `max_age_seconds` of `now`, either way.
+    Accepted: a valid HMAC over the raw body, or — for a body of at most
+    `ALTERNATIVE_FORMS_MAX_BYTES`, unless `alternative_forms` is False — over the compact sorted
+    JSON form or the default-separator sorted form (the provider's docs show both); nothing else.
+    The sorted forms are rebuilt as Python's `json.dumps` writes them (the docs' signer), so a body
+    whose fractional numbers are written otherwise (`12.500`) matches over its raw bytes only. The
+    timestamp must be within `max_age_seconds` of `now`, either way. A body is parsed only when the
+    headers pass and either its raw signature matched or the sorted forms are to be tried.
     """
     try:
-        return _verify_callback(headers, raw_body, api_secret, max_age_seconds, now or utcnow())
+        return _verify_callback(
+            headers, raw_body, api_secret, max_age_seconds, now or utcnow(), alternative_forms
+        )
     except Exception as exc:  # defence in depth: garbage must never crash the listener
         return CallbackRejected(
             RejectionReason.MALFORMED_BODY, f"unverifiable request ({type(exc).__name__})"
@@ -190,6 +232,7 @@ def _verify_callback(
     api_secret: Secret,
     max_age_seconds: int,
     now: datetime,
+    alternative_forms: bool = True,
 ) -> ProviderCallback | CallbackRejected:
     body_bytes = _body_bytes(raw_body)
     timestamp_text = _header(headers, "TIMESTAMP")
@@ -212,41 +255,55 @@ def _verify_callback(
         return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE is not 64 hex characters")
     provided_bytes = provided.encode("ascii")
 
+    # The raw body first: one HMAC, no parse. It is the only form tried for a body over
+    # ALTERNATIVE_FORMS_MAX_BYTES (or with more structure than ALTERNATIVE_FORMS_MAX_STRUCTURE),
+    # and the only one when the caller allows no more (`alternative_forms=False`: the listener
+    # under a flood of failures).
+    matched: SignedForm | None = None
+    if hmac.compare_digest(sign(api_secret, timestamp_text, body_bytes).encode("ascii"), provided_bytes):
+        matched = SignedForm.RAW
+    elif (
+        not alternative_forms
+        or len(body_bytes) > ALTERNATIVE_FORMS_MAX_BYTES
+        or _structure(body_bytes) > ALTERNATIVE_FORMS_MAX_STRUCTURE
+    ):
+        return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE does not match the body")
+
     # One parse of the body feeds both the re-serialised candidate forms and the fields returned,
     # so the fields are exactly what a matching signature covered: no duplicate keys (which
-    # copy would the signer have meant?), no NaN/Infinity, and numbers kept as their literal text
-    # (a float parse would turn 12.50000000000000001 into 12.5 and let it match a signature over 12.5).
-    candidates: list[tuple[SignedForm, bytes]] = [(SignedForm.RAW, body_bytes)]
+    # copy would the signer have meant?), no NaN/Infinity, and numbers as written in the body.
     parsed: Any = None
+    numbers_as_signed = False
     parse_error = "signed body is not a JSON object"
     try:
-        parsed = _parse_callback_json(body_bytes)
+        result = _parse_callback_json(body_bytes)
     except _DuplicateKey:
         parse_error = "signed body has a duplicate key"
     except (ValueError, RecursionError):  # not UTF-8, not JSON, NaN/Infinity, too deep
         pass
-    if isinstance(parsed, dict):
-        try:
-            compact = _canonical_dump(parsed, ",", ":").encode()
-            default = _canonical_dump(parsed, ", ", ": ").encode()
-        except RecursionError:
-            pass
-        else:
-            candidates.append((SignedForm.COMPACT_SORTED, compact))
-            candidates.append((SignedForm.DEFAULT_SORTED, default))
+    else:
+        parsed, numbers_as_signed = result.value, result.numbers_as_signed
 
-    matched: SignedForm | None = None
-    for form, candidate in candidates:
-        expected = sign(api_secret, timestamp_text, candidate).encode("ascii")
-        # Compare every candidate (no early exit), constant time each.
-        if hmac.compare_digest(expected, provided_bytes) and matched is None:
-            matched = form
     if matched is None:
-        return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE does not match the body")
+        if isinstance(parsed, dict) and numbers_as_signed:
+            try:
+                candidates = [
+                    (SignedForm.COMPACT_SORTED, _sorted_form(parsed, ",", ":")),
+                    (SignedForm.DEFAULT_SORTED, _sorted_form(parsed, ", ", ": ")),
+                ]
+            except (ValueError, RecursionError):
+                candidates = []
+            for form, candidate in candidates:
+                expected = sign(api_secret, timestamp_text, candidate).encode("ascii")
+                # Compare both candidates (no early exit), constant time each.
+                if hmac.compare_digest(expected, provided_bytes) and matched is None:
+                    matched = form
+        if matched is None:
+            return CallbackRejected(RejectionReason.BAD_SIGNATURE, "SIGNATURE does not match the body")
 
     if not isinstance(parsed, dict):
         return CallbackRejected(RejectionReason.MALFORMED_BODY, parse_error)
-    data: dict[str, Any] = parsed
+    data = _exact_fields(parsed)
     try:
         serial = _opt_str(data, "serial")
         out_trade_no = _opt_str(data, "out_trade_no")

@@ -1,4 +1,6 @@
-"""The callback listener: verified callbacks are hints, everything else is refused and changes nothing.
+"""The callback listener: verified callbacks are hints, everything else is refused and changes nothing;
+forged or oversized bodies are refused cheaply (never parsed), failures beyond the budget get 429;
+with a monitoring app of its own, the callback app serves /callback only.
 
 Most tests drive the Starlette app in process through httpx's ASGI transport (starlette's
 TestClient is deprecated with httpx); the `serve` tests run it under real uvicorn on 127.0.0.1 in
@@ -18,18 +20,27 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from structlog.testing import capture_logs
 
 from sweeper.domain import Secret
 from sweeper.listener import (
     MAX_CALLBACK_BYTES,
+    FailureBudget,
     HealthReport,
     Listener,
     ListenError,
     create_app,
+    create_monitoring_app,
     serve,
 )
 from sweeper.metrics import Metrics
-from sweeper.provider.callbacks import CallbackRejected, ProviderCallback, verify_callback
+from sweeper.provider import callbacks
+from sweeper.provider.callbacks import (
+    ALTERNATIVE_FORMS_MAX_BYTES,
+    CallbackRejected,
+    ProviderCallback,
+    verify_callback,
+)
 from sweeper.provider.models import OrderStatus
 from sweeper.provider.signing import canonical_json, sign
 
@@ -64,8 +75,12 @@ class Harness:
         self.health_blocks = False
         self.metrics = Metrics()
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> ProviderCallback | CallbackRejected:
-        return verify_callback(headers, body, api_secret=SECRET, max_age_seconds=MAX_AGE)
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, *, alternative_forms: bool
+    ) -> ProviderCallback | CallbackRejected:
+        return verify_callback(
+            headers, body, api_secret=SECRET, max_age_seconds=MAX_AGE, alternative_forms=alternative_forms
+        )
 
     async def on_hint(self, callback: ProviderCallback) -> int | None:
         self.hints.append(callback)
@@ -81,9 +96,8 @@ class Harness:
         return self.health_report
 
     def app(self, **kwargs: Any) -> Starlette:
-        return create_app(
-            verify=self.verify, on_hint=self.on_hint, health=self.health, metrics=self.metrics, **kwargs
-        )
+        kwargs.setdefault("health", self.health)
+        return create_app(verify=self.verify, on_hint=self.on_hint, metrics=self.metrics, **kwargs)
 
     def callbacks(self, result: str) -> float:
         return self.metrics.registry.get_sample_value("sweeper_callbacks_total", {"result": result}) or 0.0
@@ -204,7 +218,7 @@ def test_rejected_callbacks_get_401_and_hint_nothing(harness: Harness, client: A
     assert harness.callbacks("hinted") == 0
 
 
-def test_body_of_64_kib_is_read_and_one_byte_more_is_413(harness: Harness, client: AppClient) -> None:
+def test_body_of_8_kib_is_read_and_one_byte_more_is_413(harness: Harness, client: AppClient) -> None:
     def padded(size: int) -> bytes:
         skeleton = canonical_json({**BODY, "pad": ""}).encode()
         body = canonical_json({**BODY, "pad": "x" * (size - len(skeleton))}).encode()
@@ -249,7 +263,9 @@ def test_hint_failure_is_503_not_a_crash(harness: Harness, client: AppClient) ->
 
 
 def test_a_raising_verifier_is_treated_as_malformed(harness: Harness) -> None:
-    def broken(headers: Mapping[str, str], body: bytes) -> ProviderCallback | CallbackRejected:
+    def broken(
+        headers: Mapping[str, str], body: bytes, *, alternative_forms: bool
+    ) -> ProviderCallback | CallbackRejected:
         raise ValueError("boom")
 
     app = create_app(verify=broken, on_hint=harness.on_hint, health=harness.health, metrics=harness.metrics)
@@ -262,6 +278,181 @@ def test_a_raising_verifier_is_treated_as_malformed(harness: Harness) -> None:
 
 def test_callback_is_post_only(client: AppClient) -> None:
     assert client.get("/callback").status_code == 405
+
+
+# --- cheap rejection: oversized and forged bodies are never parsed; 429 beyond the budget -----
+
+
+class ParseCounter:
+    """Counts calls of the verifier's one JSON parse (the expensive part of a verification)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        original = callbacks._parse_callback_json
+
+        def counting(body: bytes) -> Any:
+            self.calls += 1
+            return original(body)
+
+        monkeypatch.setattr(callbacks, "_parse_callback_json", counting)
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> ParseCounter:
+    return ParseCounter(monkeypatch)
+
+
+class StepClock:
+    """A monotonic clock that moves only when told (the failure budget refills with time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def forged(data: Mapping[str, Any] | bytes = BODY) -> tuple[bytes, dict[str, str]]:
+    """A fresh timestamp and a well-formed signature made with the wrong secret."""
+    return signed(data, secret=Secret("a-guessed-secret"))
+
+
+def big_object(size: int) -> bytes:
+    """A JSON object of exactly `size` bytes (one long string field)."""
+    skeleton = canonical_json({**BODY, "pad": ""}).encode()
+    body = canonical_json({**BODY, "pad": "x" * (size - len(skeleton))}).encode()
+    assert len(body) == size
+    return body
+
+
+def test_oversized_and_forged_bodies_are_never_parsed(harness: Harness, parses: ParseCounter) -> None:
+    client = AppClient(harness.app())
+    over = big_object(MAX_CALLBACK_BYTES + 1)
+    _, headers = forged(over)
+    assert client.post("/callback", content=over, headers=headers).status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 4096
+
+    assert client.post("/callback", content=chunks(), headers=headers).status_code == 413
+
+    # Forged, and too big (or too structured) for the sorted forms: one HMAC, no parse.
+    big = big_object(ALTERNATIVE_FORMS_MAX_BYTES + 1)
+    structured = canonical_json({**BODY, "pad": [0] * 100}).encode()
+    assert len(structured) < ALTERNATIVE_FORMS_MAX_BYTES
+    for body in (big, structured):
+        response = client.post("/callback", content=body, headers=forged(body)[1])
+        assert (response.status_code, response.json()["error"]) == (401, "bad_signature")
+    assert parses.calls == 0
+    assert harness.hints == []
+
+    # What may be parsed: a small forged body (for the sorted forms), a genuine one (for its fields).
+    body, headers = forged()
+    assert client.post("/callback", content=body, headers=headers).status_code == 401
+    assert parses.calls == 1
+    genuine, headers = signed(big)
+    assert client.post("/callback", content=genuine, headers=headers).status_code == 200
+    assert parses.calls == 2
+    assert [cb.serial for cb in harness.hints] == [BODY["serial"]]
+
+
+def test_failures_beyond_the_budget_get_429_without_parsing(harness: Harness, parses: ParseCounter) -> None:
+    clock = StepClock()
+    client = AppClient(harness.app(max_failed_per_second=3, clock=clock))
+    for _ in range(3):  # within the budget: fully verified, 401 with the reason
+        response = client.post("/callback", content=forged()[0], headers=forged()[1])
+        assert (response.status_code, response.json()["error"]) == (401, "bad_signature")
+    assert parses.calls == 3
+
+    body, headers = forged()
+    response = client.post("/callback", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (429, {"ok": False, "error": "rate_limited"})
+    stale_body, stale = signed(timestamp=int(time.time()) - MAX_AGE - 60)
+    assert client.post("/callback", content=stale_body, headers=stale).status_code == 429
+    assert parses.calls == 3
+
+    # A genuine callback signed over its raw bytes still gets through (one HMAC, then its parse) …
+    body, headers = signed()
+    assert client.post("/callback", content=body, headers=headers).status_code == 200
+    assert parses.calls == 4 and len(harness.hints) == 1
+    # … one signed over a sorted form is dropped unparsed: only a hint, the worker polls the order.
+    ts = str(int(time.time()))
+    sorted_form = {"TIMESTAMP": ts, "SIGNATURE": sign(SECRET, ts, json.dumps(BODY, sort_keys=True))}
+    pretty = json.dumps(BODY, indent=2).encode()
+    assert client.post("/callback", content=pretty, headers=sorted_form).status_code == 429
+    assert parses.calls == 4 and len(harness.hints) == 1
+    assert (harness.callbacks("rate_limited"), harness.callbacks("bad_signature")) == (3, 3)
+
+    clock.now += 1.0  # a second later the budget holds 3 again: verified in full
+    assert client.post("/callback", content=pretty, headers=sorted_form).status_code == 200
+    assert len(harness.hints) == 2
+
+
+def test_refusals_beyond_the_budget_are_summed_up_not_logged_one_by_one(harness: Harness) -> None:
+    clock = StepClock()
+    client = AppClient(harness.app(max_failed_per_second=2, clock=clock))
+    over = big_object(MAX_CALLBACK_BYTES + 1)
+    with capture_logs() as logs:
+        for _ in range(10):
+            body, headers = forged()
+            client.post("/callback", content=body, headers=headers)
+        # Too large is answered 413 either way (nothing was read), but logged within the budget only.
+        assert client.post("/callback", content=over, headers=forged(over)[1]).status_code == 413
+    rejected = [e for e in logs if e["event"] == "provider callback rejected"]
+    summaries = [e for e in logs if e["event"].startswith("provider callbacks refused beyond")]
+    assert len(rejected) == 2
+    assert [e["refused"] for e in summaries] == [1]  # the first refusal beyond: at once
+    assert not any("too large" in e["event"] for e in logs)
+    assert harness.callbacks("too_large") == 1
+
+    # The next summary, at the first refusal beyond the budget a minute later, counts everything
+    # refused since the first: 7 forged and 1 too large, and itself (the first 2 are within again).
+    clock.now += 61.0
+    with capture_logs() as logs:
+        for _ in range(5):
+            body, headers = forged()
+            client.post("/callback", content=body, headers=headers)
+    summaries = [e for e in logs if e["event"].startswith("provider callbacks refused beyond")]
+    assert [e["refused"] for e in summaries] == [7 + 1 + 1]
+    assert len([e for e in logs if e["event"] == "provider callback rejected"]) == 2
+
+
+def test_the_failure_budget_refills_at_its_rate() -> None:
+    clock = StepClock()
+    budget = FailureBudget(0.5, clock)  # one failure every 2 s; bursts of at least one
+    assert budget.available()
+    budget.spend()
+    assert not budget.available()
+    clock.now += 1.0
+    assert not budget.available()
+    clock.now += 1.0
+    assert budget.available()
+    clock.now += 3600.0  # idle for an hour: still a burst of one, not 1800
+    assert budget.available()
+    budget.spend()
+    assert not budget.available()
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_failed_per_second"):
+            FailureBudget(bad, clock)
+
+
+# --- /healthz and /metrics on a listener of their own ([metrics] listen) ---------------------
+
+
+def test_callback_app_without_health_serves_only_callback(harness: Harness) -> None:
+    client = AppClient(harness.app(health=None))
+    body, headers = signed()
+    assert client.post("/callback", content=body, headers=headers).status_code == 200
+    assert client.get("/healthz").status_code == 404
+    assert client.get("/metrics").status_code == 404
+
+    monitoring = AppClient(create_monitoring_app(health=harness.health, metrics=harness.metrics))
+    response = monitoring.get("/healthz")
+    assert (response.status_code, response.json()["status"]) == (200, "ok")
+    assert 'sweeper_callbacks_total{result="hinted"} 1.0' in monitoring.get("/metrics").text
+    assert monitoring.post("/callback", content=body, headers=headers).status_code == 404
+    assert len(harness.hints) == 1
 
 
 # --- GET /healthz, GET /metrics ----------------------------------------------------------------
