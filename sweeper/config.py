@@ -1,8 +1,9 @@
 """TOML config -> frozen, validated settings (contract.md, "Config keys").
 
 Every problem is reported as `<file>: <key>: <problem>`, all of them at once, and the CLI exits 2.
-Secrets never live in the file: it names environment variables (or a keyfile) that hold them, and
-their values are wrapped in `Secret` so they cannot leak through a repr or a log line.
+Secrets never live in the file: it names them (`*_env` keys: a systemd credential or an environment
+variable, see `read_named_secret`; or a keyfile), and their values are wrapped in `Secret` so they
+cannot leak through a repr or a log line.
 
 Each key is declared once, as a field of its table's dataclass below (`key(kind, default)`): the
 schema, the defaults, the typed construction and `config check`'s output are all read from those
@@ -38,6 +39,8 @@ from sweeper.errors import ConfigError
 DEFAULT_CONFIG_PATH = "sweeper.toml"
 SUN_PER_TRX = 1_000_000
 MAX_HD_ADDRESSES = 10_000_000
+# Set by systemd (247+) for a unit with LoadCredential=: the directory holding one file per credential.
+CREDENTIALS_DIRECTORY: Final = "CREDENTIALS_DIRECTORY"
 
 
 class KeySource(StrEnum):
@@ -80,7 +83,7 @@ def key(
 
 
 def secret(env_key: str, *, used_if: tuple[str, object] | None = None) -> Any:
-    """Not a key: the value of the environment variable that `env_key` names, loaded by
+    """Not a key: the value of the secret that `env_key` names (`read_named_secret`), loaded by
     `load_settings(secrets=True)` (only when the field `used_if[0]` equals `used_if[1]`); masked."""
     return field(default=None, metadata={"secret_of": env_key, "used_if": used_if})
 
@@ -125,6 +128,18 @@ class CallbackSettings:
     host: str = derived()  # from listen
     port: int = derived()  # from listen
     max_age_seconds: int = key("pos_int", 3600)
+    # Failed verifications (401) allowed per second, all clients together; beyond it a callback is
+    # checked over its raw body only (one HMAC, no parse) and a failure is answered 429.
+    max_failed_per_second: float = key("pos_number", 10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsSettings:
+    # "host:port" of a listener of its own for /metrics and /healthz (the callback listener then
+    # serves /callback only); "" = both stay on [callback] listen.
+    listen: str = key("host_port_or_empty", "")
+    host: str | None = derived(default=None)  # from listen
+    port: int | None = derived(default=None)  # from listen
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +247,7 @@ class Settings:
     tron: TronSettings
     provider: ProviderSettings
     callback: CallbackSettings
+    metrics: MetricsSettings
     keys: KeysSettings
     addresses: AddressesSettings
     wallet: WalletSettings
@@ -387,7 +403,7 @@ def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mappi
 
     str_kinds = {
         "db_url", "http_url", "http_url_or_empty", "env_name", "env_name_optional", "host_port",
-        "path", "hd_indexes", "address", "symbol",
+        "host_port_or_empty", "path", "hd_indexes", "address", "symbol",
     }  # fmt: skip
     if (isinstance(kind, type) or kind in str_kinds) and not isinstance(value, str):
         return bad(f"expected a string, got {_type_name(value)}")
@@ -438,7 +454,9 @@ def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mappi
             except InvalidAmount as exc:
                 return bad(str(exc))
             return amount if amount > 0 else bad(f"must be a positive decimal, got {value!r}")
-        case "host_port":
+        case "host_port" | "host_port_or_empty":
+            if value == "" and kind == "host_port_or_empty":
+                return value
             try:
                 parse_host_port(value)
             except ValueError as exc:
@@ -575,8 +593,13 @@ def load_settings(
     for token in tokens:
         if destination and token.contract == destination:
             problems.add("wallet.destination", f"{destination} is the contract of token {token.symbol}")
+    metrics_listen, callback_listen = values["metrics"]["listen"], values["callback"]["listen"]
+    both = bool(metrics_listen and callback_listen)  # set, and valid (an invalid one is None)
+    if both and parse_host_port(metrics_listen) == parse_host_port(callback_listen):
+        problems.add("metrics.listen", f"{metrics_listen!r} is also [callback] listen: give it its own port")
 
-    # Secrets: named, never inline. Each `secret(...)` field, from the variable its key names.
+    # Secrets: named, never inline. Each `secret(...)` field, from the credential or the variable its
+    # key names.
     loaded: dict[str, dict[str, Secret | None]] = {table: {} for table in _TABLES}
     keyfile_keys: dict[str, Secret] | None = None
     if secrets:
@@ -585,9 +608,11 @@ def load_settings(
             env_name = values[table][env_key]
             if not env_name or (used_if is not None and values[table][used_if[0]] != used_if[1]):
                 continue
-            value = env.get(env_name, "").strip()
-            if not value:
-                problems.add(f"{table}.{env_key}", f"environment variable {env_name} is not set or empty")
+            try:
+                value = read_named_secret(env_name, env)
+            except ValueError as exc:
+                problems.add(f"{table}.{env_key}", str(exc))
+                value = ""
             loaded[table][f.name] = Secret(value) if value else None
         if keys_v["source"] == KeySource.KEYFILE and keyfile is not None:
             from sweeper.errors import KeySourceError
@@ -609,9 +634,12 @@ def load_settings(
     # What is not a key, or not a key's value as checked: paths relative to the config file, the
     # listen address split, the addresses the keyfile and the address file hold.
     host, port = parse_host_port(values["callback"]["listen"])
+    metrics_listen = values["metrics"]["listen"]
+    metrics_host, metrics_port = parse_host_port(metrics_listen) if metrics_listen else (None, None)
     derived_values: dict[str, dict[str, Any]] = {
         "database": {"url": _sqlite_relative(base, values["database"]["url"])},
         "callback": {"host": host, "port": port},
+        "metrics": {"host": metrics_host, "port": metrics_port},
         "keys": {"keyfile": keyfile, "keyfile_keys": keyfile_keys},
         "addresses": {"file": address_file, "file_addresses": file_addresses},
     }
@@ -620,6 +648,43 @@ def load_settings(
         for table, cls in _TABLES.items()
     }
     return Settings(path=path, **tables, tokens=tuple(tokens), secrets_loaded=secrets)
+
+
+def read_named_secret(name: str, environ: Mapping[str, str]) -> str:
+    """The value of the secret a `*_env = "NAME"` key names, looked up in this order:
+
+    1. the systemd credential `$CREDENTIALS_DIRECTORY/NAME` (the unit's `LoadCredential=`), one
+       trailing newline stripped (what `echo` or an editor leaves); the file, once present, is the
+       answer: an empty or unreadable one is an error, never a silent fall-back;
+    2. the environment variable NAME, surrounding whitespace stripped (systemd older than 247 has no
+       credentials: the unit's EnvironmentFile= provides the variables).
+
+    Raises ValueError naming the file or the variable, never the value.
+    """
+    directory = environ.get(CREDENTIALS_DIRECTORY, "")
+    if directory:
+        path = Path(directory) / name
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ValueError(f"cannot read credential file {path} ({why})") from None
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"credential file {path} is not UTF-8 text") from None
+            value = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+            if not value.strip():
+                raise ValueError(f"credential file {path} is empty")
+            return value
+    value = environ.get(name, "").strip()
+    if not value:
+        also = f", and ${CREDENTIALS_DIRECTORY} ({directory}) has no file {name}" if directory else ""
+        raise ValueError(f"environment variable {name} is not set or empty{also}")
+    return value
 
 
 def _relative(base: Path, path: Path | None) -> Path | None:

@@ -13,6 +13,7 @@ Every node request goes through one provider of ours (a subclass of tronpy's
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final
@@ -29,8 +30,12 @@ from sweeper.retry import RetryPolicy
 
 # The logger keeps the name it had when the client was one module (`sweeper.chain`).
 log = structlog.get_logger("sweeper.chain")
+# The level check asks the stdlib logger structlog writes through (sweeper.logs), so it also
+# works where structlog is left unconfigured (tests, library use): then DEBUG is simply off.
+_stdlib_log = logging.getLogger("sweeper.chain")
 
 USER_AGENT: Final = "sweeper"
+DEBUG_BODY_LIMIT: Final = 2000  # characters of an answer a DEBUG record keeps (blocks can be large)
 API_KEY_HEADER: Final = "TRON-PRO-API-KEY"
 
 
@@ -97,6 +102,10 @@ class _NodeProvider(AsyncHTTPProvider):  # type: ignore[misc]  # tronpy is untyp
             await self._limiter.acquire()
             self.requests_sent += 1
             retry_after: float | None = None
+            # DEBUG: one record per request and per answer; the API key header is never logged.
+            debug = _stdlib_log.isEnabledFor(logging.DEBUG)
+            if debug:
+                log.debug("tron.request", method=method, attempt=attempt, body=params)
             try:
                 resp = await self.client.post(
                     url,
@@ -108,6 +117,13 @@ class _NodeProvider(AsyncHTTPProvider):  # type: ignore[misc]  # tronpy is untyp
                 self.requests_failed += 1
                 problem = f"{type(exc).__name__}: {str(exc)[:200]}"
             else:
+                if debug:
+                    log.debug(
+                        "tron.response",
+                        method=method,
+                        status=resp.status_code,
+                        body=resp.text[:DEBUG_BODY_LIMIT],
+                    )
                 if resp.status_code in policy.statuses:
                     self.requests_failed += 1
                     problem = f"HTTP {resp.status_code}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ from sweeper.provider.signing import _scrub_secrets, canonical_json, sign
 from sweeper.retry import PROVIDER_RETRY, RetryPolicy
 
 log = structlog.get_logger("sweeper.provider")  # the name before the package split: log filters keep matching
+# The level check asks the stdlib logger structlog writes through (sweeper.logs), so it also
+# works where structlog is left unconfigured (tests, library use): then DEBUG is simply off.
+_stdlib_log = logging.getLogger("sweeper.provider")
 
 API_PREFIX: Final = "/api/v1/frontend"
 # How much of a raw answer we keep (for the ledger and exception texts).
@@ -362,10 +366,16 @@ class ProviderClient:
         raw_body: bytes | str,
         *,
         max_age_seconds: int = DEFAULT_CALLBACK_MAX_AGE_SECONDS,
+        alternative_forms: bool = True,
     ) -> ProviderCallback | CallbackRejected:
         """`verify_callback` with this client's secret and clock."""
         return verify_callback(
-            headers, raw_body, api_secret=self._api_secret, max_age_seconds=max_age_seconds, now=self._clock()
+            headers,
+            raw_body,
+            api_secret=self._api_secret,
+            max_age_seconds=max_age_seconds,
+            now=self._clock(),
+            alternative_forms=alternative_forms,
         )
 
     # --- refusals --------------------------------------------------------------------------
@@ -501,6 +511,18 @@ class ProviderClient:
         return str(int(self._clock().timestamp()))
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> _Answer:
+        # DEBUG: one record per request and per answer, for diagnosing the provider. The headers
+        # (API-KEY, SIGNATURE) are never logged; bodies and answers are scrubbed of our secrets.
+        debug = _stdlib_log.isEnabledFor(logging.DEBUG)
+        if debug:
+            content = kwargs.get("content")
+            log.debug(
+                "provider.request",
+                method=method,
+                path=path,
+                params=dict(kwargs.get("params") or {}),
+                body=self._raw(content.decode("utf-8", "replace")) if isinstance(content, bytes) else None,
+            )
         try:
             async with asyncio.timeout(self.timeouts.total):
                 response = await self._http.request(
@@ -512,6 +534,14 @@ class ProviderClient:
         if response.status_code >= 500 or response.status_code == 429:
             self.requests_failed += 1
         text = response.text
+        if debug:
+            log.debug(
+                "provider.response",
+                method=method,
+                path=path,
+                status=response.status_code,
+                body=self._raw(text),
+            )
         return _Answer(status=response.status_code, text=text, data=_parse_json(text))
 
     def _bad_url(self, exc: Exception) -> ProviderUnavailable:
