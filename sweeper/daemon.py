@@ -34,7 +34,14 @@ from sweeper.errors import ConfigError, ProviderError, StartupError
 from sweeper.follower import BLOCK_SECONDS, Follower, NodeCannotFollow
 from sweeper.keys import Keys
 from sweeper.ledger import Ledger
-from sweeper.listener import HealthReport, Listener, ListenError, create_app, serve
+from sweeper.listener import (
+    HealthReport,
+    Listener,
+    ListenError,
+    create_app,
+    create_monitoring_app,
+    serve,
+)
 from sweeper.logs import configure_logging
 from sweeper.metrics import Metrics
 from sweeper.pipeline import Pipeline, PipelineOptions, worker_name
@@ -128,6 +135,7 @@ class Daemon:
         self.last_scan_completed: datetime | None = None
         self.last_scan_error: str | None = None
         self._listener: Listener | None = None
+        self._metrics_listener: Listener | None = None  # with [metrics] listen
         self._work_running = False
         self._work_again = False
         self._reload_lock = asyncio.Lock()
@@ -177,16 +185,26 @@ class Daemon:
         except AddressConfigProblem as exc:
             raise StartupError(str(exc)) from None
         log.info("deposit addresses synced", added=added)
+        # With [metrics] listen, /healthz and /metrics move to a listener of their own (loopback, for
+        # monitoring) and the internet-facing callback port serves /callback only.
+        own = self.settings.metrics  # its host and port are None when [metrics] listen is unset
         app = create_app(
             verify=self._verify,
             on_hint=self._on_hint,
-            health=self.health,
+            health=self.health if own.port is None else None,
             metrics=self.metrics,
+            max_failed_per_second=self.settings.callback.max_failed_per_second,
         )
         try:
             self._listener = await serve(app, self.settings.callback.host, self.settings.callback.port)
         except ListenError as exc:
             raise StartupError(f"[callback] listen = {self.settings.callback.listen!r}: {exc}") from None
+        if own.host is not None and own.port is not None:
+            monitoring = create_monitoring_app(health=self.health, metrics=self.metrics)
+            try:
+                self._metrics_listener = await serve(monitoring, own.host, own.port)
+            except ListenError as exc:
+                raise StartupError(f"[metrics] listen = {own.listen!r}: {exc}") from None
         # Its own task: the watchdog proves the loop is alive, independent of a slow job.
         self._watchdog_task = asyncio.create_task(notify.watchdog_pinger(), name="sweeper-watchdog")
         now = datetime.now(UTC)
@@ -244,6 +262,7 @@ class Daemon:
             "sweeper running",
             worker=self.worker_id,
             listen=self.settings.callback.listen,
+            metrics_listen=self.settings.metrics.listen or self.settings.callback.listen,
             dry_run=self.dry_run,
             destination=self.settings.wallet.destination,
         )
@@ -263,11 +282,11 @@ class Daemon:
             self.scheduler.pause()
         self.pipeline.stopping = True  # the step in flight finishes; no next step is taken
         # The listener stops alongside (not after) the grace period: all of it within 10 s.
-        listener_stopped = (
-            asyncio.create_task(self._listener.shutdown(timeout=LISTENER_STOP_SECONDS))
-            if self._listener is not None
-            else None
-        )
+        listeners_stopped = [
+            asyncio.create_task(listener.shutdown(timeout=LISTENER_STOP_SECONDS))
+            for listener in (self._listener, self._metrics_listener)
+            if listener is not None
+        ]
         pending = {t for t in self._job_tasks if not t.done()}
         if pending:
             _, still = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
@@ -288,8 +307,8 @@ class Daemon:
             log.info("leases released", sweeps=released)
         if self._watchdog_task is not None:
             self._watchdog_task.cancel()
-        if listener_stopped is not None:
-            await listener_stopped
+        if listeners_stopped:
+            await asyncio.gather(*listeners_stopped)
         await self.chain.aclose()
         await self.provider.aclose()
         log.info("sweeper stopped")
@@ -509,9 +528,14 @@ class Daemon:
 
     # --- callbacks, health, reload ----------------------------------------------------------
 
-    def _verify(self, headers: Mapping[str, str], body: bytes) -> ProviderCallback | CallbackRejected:
+    def _verify(
+        self, headers: Mapping[str, str], body: bytes, *, alternative_forms: bool
+    ) -> ProviderCallback | CallbackRejected:
         return self.provider.verify_callback(
-            headers, body, max_age_seconds=self.settings.callback.max_age_seconds
+            headers,
+            body,
+            max_age_seconds=self.settings.callback.max_age_seconds,
+            alternative_forms=alternative_forms,
         )
 
     async def _on_hint(self, callback: ProviderCallback) -> int | None:

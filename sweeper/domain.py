@@ -16,6 +16,7 @@ from typing import Final
 
 import base58
 
+from sweeper import faults
 from sweeper.errors import LedgerError, UsageError
 
 
@@ -81,9 +82,13 @@ def check_transition(source: SweepState | None, target: SweepState, *, subject: 
 Clock = Callable[[], datetime]
 
 
-def utcnow() -> datetime:
-    """The one clock seam: production code takes a `Clock`, tests inject their own."""
+def _wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+# The one clock seam: production code takes a `Clock`, tests inject their own. The fault matrix's
+# wrong host clock (sweeper/faults.py, test-only, off unless its env var is set) wraps it here.
+utcnow: Clock = faults.skewed(_wall_clock)
 
 
 # --- secrets -----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from sweeper.chain.models import BlockRef, TokenTransfer
 from sweeper.chain.transfers import deposits_in_block, hex20, token_keys
 from sweeper.config import TokenSettings
 from sweeper.errors import StartupError
+from sweeper.faults import crash_point
 from sweeper.ledger import Ledger
 from sweeper.ledger.ledger import FOLLOW_BLOCKS
 from sweeper.ledger.records import CursorRefused, FollowLease
@@ -250,8 +251,10 @@ class Follower:
         while cursor <= head.number:
             end = min(head.number + 1, cursor + self.batch_blocks)
             batch = await self._read_batch(cursor, end)
+            crash_point("follow-batch-read")
             await self._queue(batch.deposits)
             if batch.end > cursor:
+                crash_point("follow-batch-queued")
                 moved = await asyncio.to_thread(
                     self.ledger.advance_cursor, self.name, token, batch.end, expected_next=cursor
                 )

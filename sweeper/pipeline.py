@@ -55,6 +55,7 @@ from sweeper.chain import (
 from sweeper.config import Settings, TokenSettings
 from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
 from sweeper.errors import KeySourceError, ProviderError
+from sweeper.faults import crash_point
 from sweeper.keys import Keys
 from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.protocols import EnergyProvider, SweepChain
@@ -263,6 +264,7 @@ class Pipeline:
             lease_seconds=self.options.lease_seconds,
         )
         if rows:
+            crash_point("claimed")
             await asyncio.gather(*(self._advance(row) for row in rows))
         return len(rows)
 
@@ -682,6 +684,7 @@ class Pipeline:
 
         # 8. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
         # lookup in step 1 and the settle wait guard the following attempt.
+        crash_point("order-sent")
         try:
             order = await self.provider.collect_manual(
                 row.address,
@@ -740,6 +743,7 @@ class Pipeline:
         except ProviderError as exc:
             await self._release(row, self.options.order_grace_seconds, f"provider error: {exc}", count=True)
             return Step.WAIT
+        crash_point("order-answered")
         self._consecutive_rejections = 0
         await asyncio.to_thread(self._check_real_cost, row, order.amount_sun, order.serial)
         return await self._move(
@@ -1105,6 +1109,7 @@ class Pipeline:
                 row, self._poll_delay(row), "order complete, chain not yet: " + "; ".join(check.reasons)
             )
             return Step.WAIT
+        crash_point("order-complete")
         return await self._move(
             row,
             S.ENERGY_READY,
@@ -1248,6 +1253,7 @@ class Pipeline:
                 row, self.options.poll_min_seconds, "resources missing: " + "; ".join(check.reasons)
             )
             return Step.WAIT
+        crash_point("signed")
         try:
             result = await self.chain.broadcast(signed)
         except BroadcastRejected as exc:
@@ -1262,6 +1268,7 @@ class Pipeline:
             return Step.WAIT
         except ChainError as exc:
             return await self._retry_later(row, f"broadcast failed: {exc}")
+        crash_point("broadcast-answered")
         return await self._move(row, S.BROADCAST, f"broadcast {signed.txid}: {result.outcome.value}")
 
     async def _old_destination(self, row: SweepRecord, signed: SignedTransfer) -> Step:
@@ -1376,6 +1383,7 @@ class Pipeline:
                 moved=moved,
                 signed=row.amount,
             )
+        crash_point("confirm-read")
         return await self._move(
             row,
             S.CONFIRMED,

@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import Engine, text
 
+from sweeper import faults
+
 log = structlog.get_logger(__name__)
 
 RESYNC_SECONDS = 60.0
@@ -28,7 +30,12 @@ RESYNC_SECONDS = 60.0
 
 def _host_now() -> datetime:
     """This host's wall clock (a seam: tests give the host a wrong clock)."""
-    return datetime.now(UTC)
+    return _wall_clock()
+
+
+# The fault matrix's wrong host clock (sweeper/faults.py; the plain wall clock unless its env var is
+# set): SQLite's clock is this host's, so it is off too; Postgres's offset is measured against it.
+_wall_clock = faults.skewed(lambda: datetime.now(UTC))
 
 
 class DatabaseClock:

@@ -25,6 +25,7 @@ import httpx
 
 HoldPointName = Literal["before_create", "after_create"]
 CallbackFormName = Literal["compact", "default", "pretty"]
+RepeatedOutTradeNoName = Literal["newest_wins", "first_wins", "refused", "idempotent"]
 
 
 class SandboxControlError(Exception):
@@ -206,6 +207,7 @@ class ProviderSwitches:
     hold_callbacks: bool
     callback_form: str
     index_data_empty_on_bad_key: bool
+    repeated_out_trade_no: str  # newest_wins / first_wins / refused / idempotent
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class ProviderState:
                 hold_callbacks=bool(sw["hold_callbacks"]),
                 callback_form=str(sw["callback_form"]),
                 index_data_empty_on_bad_key=bool(sw["index_data_empty_on_bad_key"]),
+                repeated_out_trade_no=str(sw.get("repeated_out_trade_no", "newest_wins")),
             ),
         )
 
@@ -340,6 +343,10 @@ class SandboxControl:
         """Pause (held=False: unpause) the USDT contract: every transfer reverts."""
         return self._node("pause_usdt", held=held)
 
+    def reclaim_energy(self, address: str) -> NodeState:
+        """The provider takes its delegation to `address` back (only what is already used stays)."""
+        return self._node("reclaim_energy", address=address)
+
     def set_energy_penalty(self, amount: int) -> NodeState:
         """Extra energy every USDT transfer uses from now on (the dynamic-energy penalty)."""
         return self._node("energy_penalty", amount=amount)
@@ -433,12 +440,14 @@ class SandboxControl:
         drop_broadcasts: bool | None = None,
         no_transaction_info: bool | None = None,
         lagging_infos: int | None = None,
+        fail_after_broadcast: int | None = None,
     ) -> NodeState:
         """Set the node's failure switches (None = leave unchanged; `max_rps=0` removes the limit).
 
         no_transaction_info: a node without the transaction-info store (gettransactioninfobyblocknum
         always `[]`); lagging_infos: each block with transactions answers `[]` to its first N
-        gettransactioninfobyblocknum requests (a load-balanced endpoint with a backend behind).
+        gettransactioninfobyblocknum requests (a load-balanced endpoint with a backend behind);
+        fail_after_broadcast: the next N broadcasts are accepted, then answered `fail_status`.
         """
         changes: dict[str, Any] = {
             k: v
@@ -451,6 +460,7 @@ class SandboxControl:
                 ("drop_broadcasts", drop_broadcasts),
                 ("no_transaction_info", no_transaction_info),
                 ("lagging_infos", lagging_infos),
+                ("fail_after_broadcast", fail_after_broadcast),
             )
             if v is not None
         }
@@ -487,12 +497,22 @@ class SandboxControl:
         hold_callbacks: bool | None = None,
         callback_form: CallbackFormName | None = None,
         index_data_empty_on_bad_key: bool | None = None,
+        repeated_out_trade_no: RepeatedOutTradeNoName | None = None,
+        error_before_create: int | None = None,
+        down_status: int | None = None,
+        refund_percent: int | None = None,
+        callback_age_seconds: int | None = None,
     ) -> ProviderState:
         """Set the provider's switches (None = leave unchanged).
 
         error_after_create: the next N accepted orders answer `error_status` (500) after being
         created; outcome: the final status new orders reach (40, or 0 / 41 / 43); callbacks_*:
-        suppress, duplicate or buffer callbacks (buffered ones go out on `release_callbacks`).
+        suppress, duplicate or buffer callbacks (buffered ones go out on `release_callbacks`);
+        error_before_create: the next N POSTs answer `error_status` with nothing created;
+        down_status: non-zero, the whole API answers it (0: back up); refund_percent: what an
+        order ending 41 refunds; callback_age_seconds: callbacks carry a TIMESTAMP this old;
+        repeated_out_trade_no: what a POST with a used out_trade_no does and which order the lookup
+        by out_trade_no answers (undocumented; sandbox.provider_server.RepeatedOutTradeNo).
         """
         changes: dict[str, Any] = {
             k: v
@@ -505,6 +525,11 @@ class SandboxControl:
                 ("hold_callbacks", hold_callbacks),
                 ("callback_form", callback_form),
                 ("index_data_empty_on_bad_key", index_data_empty_on_bad_key),
+                ("repeated_out_trade_no", repeated_out_trade_no),
+                ("error_before_create", error_before_create),
+                ("down_status", down_status),
+                ("refund_percent", refund_percent),
+                ("callback_age_seconds", callback_age_seconds),
             )
             if v is not None
         }

@@ -27,6 +27,8 @@ Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "swit
   `gettransactioninfobyid` `{}`;
 - `lagging_infos` (N): a load-balanced endpoint whose backends are at different heights: each block
   that has transactions answers `[]` to its first N `gettransactioninfobyblocknum` requests;
+- `fail_after_broadcast` (N): the next N broadcasts are accepted, then answered `fail_status` (the
+  answer lost: a retry of the same bytes gets DUP_TRANSACTION_ERROR);
 and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
 `world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`, and the USDT
 contract's state: `world.blacklist(address)`, `world.pause_usdt()`, `world.set_energy_penalty(n)`
@@ -147,6 +149,9 @@ class NodeSwitches:
     drop_broadcasts: bool = False
     no_transaction_info: bool = False
     lagging_infos: int = 0
+    # The next N broadcasts are accepted into the pool, then answered `fail_status`: the answer is
+    # lost, so the client's retry of the same bytes meets DUP_TRANSACTION_ERROR.
+    fail_after_broadcast: int = 0
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,14 @@ class SandboxNode:
             result = {"code": exc.code, "message": _hex_msg(exc.message)}
         except (KeyError, ValueError, TypeError) as exc:
             result = {"Error": f"class java.lang.IllegalArgumentException : {type(exc).__name__}"}
+        if path == "wallet/broadcasttransaction" and result.get("result") is True:
+            with self._state_lock:
+                lose = self.switches.fail_after_broadcast > 0
+                if lose:
+                    self.switches.fail_after_broadcast -= 1
+                    self.counters.failed_5xx += 1
+            if lose:
+                return JSONResponse({"Error": "sandbox: answer lost"}, status_code=self.switches.fail_status)
         return JSONResponse(result)
 
     def _admission(self) -> int:
@@ -885,6 +898,8 @@ class SandboxNode:
             w.delegate_energy(str(body["address"]), int(body["amount"]))
         elif op == "add_bandwidth":
             w.add_bandwidth(str(body["address"]), int(body["amount"]))
+        elif op == "reclaim_energy":
+            w.reclaim_energy(_b58(body["address"]))
         elif op == "hold_broadcasts":
             self.hold_broadcasts() if body.get("held", True) else self.release_broadcasts()
         elif op == "hold_solidification":

@@ -30,6 +30,7 @@ from sweeper.sandbox.provider_server import (
     CallbackAttempt,
     CallbackForm,
     HoldPoint,
+    RepeatedOutTradeNo,
     SandboxOrder,
     SandboxProvider,
     Switches,
@@ -88,6 +89,12 @@ def create_app(provider: SandboxProvider) -> Starlette:
             return JSONResponse(errors, status_code=400)
         if provider.switches.hold is HoldPoint.BEFORE_CREATE:
             await _held(provider)
+        with provider.lock:
+            fail_before = provider.switches.error_before_create > 0
+            if fail_before:
+                provider.switches.error_before_create -= 1
+        if fail_before:
+            return PlainTextResponse("Bad Gateway", status_code=provider.switches.error_status)
         result = provider.create_order(data)
         if isinstance(result, str):
             return _errno(result)
@@ -190,15 +197,27 @@ def create_app(provider: SandboxProvider) -> Starlette:
             }
         )
 
+    def unless_down(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """The `down_status` switch: the API answers that status and does nothing at all."""
+
+        async def guarded(request: Request) -> Response:
+            status = provider.switches.down_status
+            if status:
+                return PlainTextResponse("Service Unavailable", status_code=status)
+            response: Response = await endpoint(request)
+            return response
+
+        return guarded
+
     return Starlette(
         routes=[
             Route("/_sandbox/control", _control_endpoint(provider), methods=["POST"]),
             Route("/_sandbox/state", _state_endpoint(provider), methods=["GET"]),
             Route("/_sandbox/orders", _orders_endpoint(provider), methods=["GET"]),
-            Route(f"{API_PREFIX}/order/collect-manual", collect_manual, methods=["POST"]),
-            Route(f"{API_PREFIX}/order/query", order_query, methods=["GET"]),
-            Route(f"{API_PREFIX}/index-data", index_data, methods=["GET"]),
-            Route(f"{API_PREFIX}/order/price", order_price, methods=["GET"]),
+            Route(f"{API_PREFIX}/order/collect-manual", unless_down(collect_manual), methods=["POST"]),
+            Route(f"{API_PREFIX}/order/query", unless_down(order_query), methods=["GET"]),
+            Route(f"{API_PREFIX}/index-data", unless_down(index_data), methods=["GET"]),
+            Route(f"{API_PREFIX}/order/price", unless_down(order_price), methods=["GET"]),
         ]
     )
 
@@ -229,6 +248,7 @@ def _switches_json(switches: Switches) -> dict[str, Any]:
         "hold_callbacks": switches.hold_callbacks,
         "callback_form": switches.callback_form.value,
         "index_data_empty_on_bad_key": switches.index_data_empty_on_bad_key,
+        "repeated_out_trade_no": switches.repeated_out_trade_no.value,
     }
 
 
@@ -286,6 +306,10 @@ def _switch_changes(body: dict[str, Any]) -> dict[str, Any]:
         "error_status",
         "outcome",
         "duplicate_callbacks",
+        "error_before_create",
+        "down_status",
+        "refund_percent",
+        "callback_age_seconds",
     ):
         if key in body:
             changes[key] = int(body[key])
@@ -294,6 +318,8 @@ def _switch_changes(body: dict[str, Any]) -> dict[str, Any]:
             changes[key] = bool(body[key])
     if "callback_form" in body:
         changes["callback_form"] = CallbackForm(str(body["callback_form"]))
+    if "repeated_out_trade_no" in body:
+        changes["repeated_out_trade_no"] = RepeatedOutTradeNo(str(body["repeated_out_trade_no"]))
     return changes
 
 

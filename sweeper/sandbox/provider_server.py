@@ -12,8 +12,9 @@ deposit address, gives it bandwidth and delegates energy in the shared sandbox `
 background thread, retried on the documented schedule scaled by `callback_time_scale`.
 
 Switches (attributes of `SandboxProvider.switches`, or the helper methods) let tests produce each
-failure the daemon must survive: a 5xx after the order was created, a POST held open, low balance,
-orders ending 0/41/43, duplicated, reordered or missing callbacks.
+failure the daemon must survive: a 5xx before or after the order was created, a POST held open,
+the whole API down (`down_status`), low balance, orders ending 0/41/43 (41 refunding
+`refund_percent`), duplicated, reordered, stale (`callback_age_seconds`) or missing callbacks.
 
 Test-only routes (no auth; loopback only) expose the switches to another process, used through
 `sweeper.sandbox.control.SandboxControl`: `POST /_sandbox/control {"op": ...}` (switches,
@@ -71,11 +72,22 @@ MSG_LOW_BALANCE: Final = "余额不足"
 MSG_BAD_SIGNATURE: Final = "签名错误"
 MSG_BAD_TIMESTAMP: Final = "时间戳错误"
 MSG_BAD_BODY: Final = "参数格式错误"
+MSG_DUPLICATE_OUT_TRADE_NO: Final = "订单号重复"  # out_trade_no already used (the REFUSED reading)
 
 
 class HoldPoint(StrEnum):
     BEFORE_CREATE = "before_create"  # the POST hangs before anything is created
     AFTER_CREATE = "after_create"  # the order exists (and is charged); the answer hangs
+
+
+class RepeatedOutTradeNo(StrEnum):
+    """What the provider does with an out_trade_no it has already seen: undocumented (design.md,
+    "What is guessed about the provider", 2), so the fake can act out each reading."""
+
+    NEWEST_WINS = "newest_wins"  # a second, charged order; the lookup by out_trade_no answers the newest
+    FIRST_WINS = "first_wins"  # a second, charged order; the lookup answers the first
+    REFUSED = "refused"  # errno 1 (the documented error form), nothing created or charged
+    IDEMPOTENT = "idempotent"  # answered with the existing order again, nothing new charged
 
 
 class CallbackForm(StrEnum):
@@ -98,9 +110,21 @@ class Switches:
     duplicate_callbacks: int = 0  # extra copies of every acknowledged callback
     hold_callbacks: bool = False  # buffer ready callbacks until `release_callbacks()`
     callback_form: CallbackForm = CallbackForm.COMPACT
+    repeated_out_trade_no: RepeatedOutTradeNo = RepeatedOutTradeNo.NEWEST_WINS
     # The docs say index-data answers "empty data" (not 403) to a wrong key; emulate that reading.
     index_data_empty_on_bad_key: bool = False
     price_unavailable: bool = False  # order/price answers 503 (no quote to be had)
+    # The next N collect-manual POSTs answer `error_status` BEFORE creating anything (a gateway
+    # error in front of the service: the client cannot tell it from an error after creating).
+    error_before_create: int = 0
+    # Non-zero: the whole API (collect-manual, order/query, index-data, order/price) answers this
+    # HTTP status and does nothing: the provider down behind its load balancer. Callbacks and the
+    # delegation of orders already placed go on (they are the provider's own background work).
+    down_status: int = 0
+    refund_percent: int = 100  # an order ending 41 refunds this share of its amount (docs: a refund)
+    # Callbacks carry a TIMESTAMP this many seconds old: a retried callback that keeps the TIMESTAMP
+    # of its first delivery (undocumented; design.md "What is guessed", 9) arrives stale.
+    callback_age_seconds: int = 0
 
 
 @dataclass
@@ -362,7 +386,9 @@ class SandboxProvider:
     # --- orders ----------------------------------------------------------------------------
 
     def create_order(self, data: dict[str, Any]) -> SandboxOrder | str:
-        """Charge and create, or return the errno-1 message (nothing created)."""
+        """Charge and create, or return the errno-1 message (nothing created). A repeated
+        out_trade_no is handled as `switches.repeated_out_trade_no` says (an IDEMPOTENT repeat
+        returns the existing order, charging nothing)."""
         receive_address: str = data["receive_address"]
         to_address: str | None = data.get("to_address")
         new_holder = to_address is not None and not self.world.holds_token(
@@ -371,6 +397,13 @@ class SandboxProvider:
         energy = COLLECT_ENERGY_NEW_HOLDER if new_holder else COLLECT_ENERGY_OLD_HOLDER
         price = self.price_new_holder_sun if new_holder else self.price_old_holder_sun
         with self.lock:
+            out_trade_no = data.get("out_trade_no")
+            reading = self.switches.repeated_out_trade_no
+            seen = [o for o in self.orders.values() if out_trade_no and o.out_trade_no == out_trade_no]
+            if seen and reading is RepeatedOutTradeNo.REFUSED:
+                return MSG_DUPLICATE_OUT_TRADE_NO
+            if seen and reading is RepeatedOutTradeNo.IDEMPOTENT:
+                return replace(seen[0])
             if self.balance_sun < price:
                 return MSG_LOW_BALANCE
             self.balance_sun -= price
@@ -401,9 +434,14 @@ class SandboxProvider:
         with self.lock:
             if serial:
                 return self.orders.get(serial)
-            # Several orders may share an out_trade_no (nothing forbids it): the newest wins.
+            # Several orders may share an out_trade_no (nothing forbids it): which one the lookup
+            # answers is the switch's reading. Dicts keep insertion order: oldest first (creation
+            # times can be equal, so they do not order the orders).
             matches = [o for o in self.orders.values() if o.out_trade_no == out_trade_no]
-            return max(matches, key=lambda o: o.create_time) if matches else None
+            if not matches:
+                return None
+            first = self.switches.repeated_out_trade_no is RepeatedOutTradeNo.FIRST_WINS
+            return matches[0] if first else matches[-1]
 
     def _finish(self, serial: str, status: int | None) -> None:
         with self.lock:
@@ -422,8 +460,9 @@ class SandboxProvider:
                 order.delegate_hash = _tx_hash()
                 order.delegate_time = self.clock()
             elif final == 41:
-                order.refund_amount_sun = order.amount_sun
-                self.balance_sun += order.amount_sun
+                refund = order.amount_sun * self.switches.refund_percent // 100
+                order.refund_amount_sun = refund
+                self.balance_sun += refund
             order.status = final
             url = order.callback_url
             body = {
@@ -465,7 +504,7 @@ class SandboxProvider:
         self._cond.notify_all()
 
     def encode_callback(self, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        timestamp = str(int(self.clock().timestamp()))
+        timestamp = str(int(self.clock().timestamp()) - self.switches.callback_age_seconds)
         form = self.switches.callback_form
         compact = canonical_json(body).encode()
         if form is CallbackForm.COMPACT:

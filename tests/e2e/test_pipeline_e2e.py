@@ -29,6 +29,7 @@ from tests.e2e.harness import (
     wait_until,
     write_config,
 )
+from tests.e2e.invariants import assert_invariants
 
 S = SweepState
 N = 50
@@ -82,6 +83,7 @@ def test_fifty_addresses_each_swept_exactly_once(tmp_path: Path, db_url: str) ->
                 assert control.transactions(owner=address) == []
         assert control.usdt_balance(DESTINATION) == sum(above.values())
         assert len(control.orders()) == len(above)
+        assert_invariants(db_url, control, destination=DESTINATION)
         print(
             f"\n50 addresses, {len(above)} sweeps: {wall:.1f} s wall (scan + work) on {db_url.split(':')[0]}"
         )
@@ -175,6 +177,7 @@ def test_kill_9_in_each_state_then_restart_moves_money_once(tmp_path: Path, db_u
         assert box.control.usdt_balance(DESTINATION) == 42_000_000
         history = [e.to_state for e in ledger.events(sweep_id)]
         assert history.count("confirmed") == 1 and history.count("energy_ordered") == 1
+        assert_invariants(db_url, box.control, destination=DESTINATION)
         ledger.engine.dispose()
 
 
@@ -198,4 +201,5 @@ def test_two_pipeline_processes_on_one_postgres_ledger(tmp_path: Path, postgres_
             assert len(box.control.transactions(owner=r.address)) == 1
         actors = {e.actor for r in rows for e in ledger.events(r.id) if e.to_state == "ordering"}
         assert len(actors) == 2, f"both workers should have claimed rows: {actors}"
+        assert_invariants(postgres_url, box.control, destination=DESTINATION)
         ledger.engine.dispose()
