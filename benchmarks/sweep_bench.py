@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 
 from sweeper.domain import SweepState
-from tests.e2e.harness import WALLET, ledger_for, run_sweeper, sandbox, write_config
+from tests.constants import WALLET
+from tests.e2e.harness import ledger_for, run_sweeper, sandbox, write_config
 
 SCHEMA = "sweep_bench"
 

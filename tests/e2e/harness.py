@@ -97,7 +97,9 @@ def write_config(
         f'[keys]\nsource = "mnemonic"\n[addresses]\nhd_indexes = "0-{hd_count - 1}"',
         f'[wallet]\ndestination = "{DESTINATION}"',
         "[schedule]\nscan_interval_seconds = 2\nwork_interval_seconds = 1",
-        (f'[detect]\nmode = "{detect_mode}"' if detect_mode else "")
+        # [detect] gets its own header whenever one of its keys is set (a lease alone included).
+        "[detect]"
+        + (f'\nmode = "{detect_mode}"' if detect_mode else "")
         + (f"\nlease_seconds = {follow_lease_seconds}" if follow_lease_seconds else ""),
         "[pipeline]\n" + "\n".join(f"{k} = {v}" for k, v in {"lease_seconds": 3, **pipeline}.items()),
         f'[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\ndecimals = 6\nmin_sweep = "{min_sweep}"',
