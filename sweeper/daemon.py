@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from sweeper import notify
 from sweeper.addresses import AddressConfigProblem, sync_addresses, watched_address_problems
@@ -30,7 +31,7 @@ from sweeper.chain import ChainError, TronChain
 from sweeper.clients import chain_from, provider_from
 from sweeper.config import DetectMode, Settings, load_settings
 from sweeper.domain import Clock, utcnow
-from sweeper.errors import ConfigError, ProviderError, StartupError
+from sweeper.errors import ConfigError, LedgerUnavailable, ProviderError, StartupError
 from sweeper.follower import BLOCK_SECONDS, Follower, NodeCannotFollow
 from sweeper.keys import Keys
 from sweeper.ledger import Ledger
@@ -131,6 +132,9 @@ class Daemon:
         self.started = asyncio.Event()
         self._stopping = False
         self._job_tasks: set[asyncio.Task[Any]] = set()
+        self._db_down_logged: dict[
+            str, float
+        ] = {}  # job -> loop time of its last 'database unreachable' line
         self.started_at: datetime | None = None
         self.last_scan_completed: datetime | None = None
         self.last_scan_error: str | None = None
@@ -328,6 +332,19 @@ class Daemon:
                 if self._stopping:  # our own cancel at shutdown: expected, the row re-runs later
                     return
                 raise
+            except OperationalError as exc:
+                # The database is away (refused, dropped, timed out): every job fails the same way
+                # each tick until it is back. One line per job a minute, not a traceback a second;
+                # /healthz says `database: unreachable` meanwhile, and the next tick retries.
+                name = getattr(fn, "__name__", "?")
+                now = asyncio.get_running_loop().time()
+                if now - self._db_down_logged.get(name, float("-inf")) >= 60.0:
+                    self._db_down_logged[name] = now
+                    log.warning(
+                        "database unreachable; the job runs again next tick",
+                        job=name,
+                        error=_first_line(exc),
+                    )
             except Exception:
                 log.exception("job failed", job=getattr(fn, "__name__", "?"))
             finally:
@@ -455,6 +472,9 @@ class Daemon:
                 stuck_after_seconds=self.settings.pipeline.stuck_alert_seconds,
                 now=self.now(),
             )
+        except OperationalError as exc:
+            log.warning("metrics not refreshed: database unreachable", error=_first_line(exc))
+            snapshot = None
         except Exception:
             log.exception("metrics refresh failed")
             snapshot = None
@@ -544,10 +564,13 @@ class Daemon:
         if self.dry_run:  # a dry run changes no sweep, not even its due time
             log.info("dry run: provider callback received", serial=callback.serial)
             return None
-        if callback.out_trade_no:
-            sweep_id = await asyncio.to_thread(self.ledger.hint, out_trade_no=callback.out_trade_no)
-        if sweep_id is None and callback.serial:
-            sweep_id = await asyncio.to_thread(self.ledger.hint, serial=callback.serial)
+        try:
+            if callback.out_trade_no:
+                sweep_id = await asyncio.to_thread(self.ledger.hint, out_trade_no=callback.out_trade_no)
+            if sweep_id is None and callback.serial:
+                sweep_id = await asyncio.to_thread(self.ledger.hint, serial=callback.serial)
+        except OperationalError as exc:
+            raise LedgerUnavailable(f"database unreachable: {_first_line(exc)}") from None
         log.info(
             "provider callback", serial=callback.serial, out_trade_no=callback.out_trade_no, sweep_id=sweep_id
         )
@@ -686,3 +709,9 @@ class Daemon:
 async def run_daemon(settings: Settings, ledger: Ledger, *, dry_run: bool = False) -> int:
     daemon = Daemon(settings, ledger, dry_run=dry_run)
     return await daemon.run()
+
+
+def _first_line(exc: OperationalError) -> str:
+    """The driver's message without SQLAlchemy's statement and parameters (short, one line)."""
+    text_ = str(exc.orig) if exc.orig is not None else type(exc).__name__
+    return (text_.strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -428,12 +428,15 @@ class Follower:
         async def check(address: str) -> None:
             async with semaphore:
                 amount = await self.chain.token_balance(address, token.contract)
+            if amount >= token.min_sweep_base_units:
+                sweep_id = await asyncio.to_thread(
+                    self.ledger.queue_sweep, address, token.symbol, token.contract, amount, reason=reason
+                )
+            else:
+                sweep_id = None
+            # Only once the decision is recorded: a queue_sweep that failed (the database away)
+            # must leave the pair unread, or the batch read again would skip its deposit.
             self._read_at[(address, token.contract)] = self._head_before_reads
-            if amount < token.min_sweep_base_units:
-                return
-            sweep_id = await asyncio.to_thread(
-                self.ledger.queue_sweep, address, token.symbol, token.contract, amount, reason=reason
-            )
             if sweep_id is not None:
                 self.status.queued += 1
                 log.info(

@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from sweeper.errors import LedgerUnavailable
 from sweeper.metrics import (
     CALLBACK_ERROR,
     CALLBACK_HINTED,
@@ -238,10 +239,14 @@ def create_app(
 
         try:
             sweep_id = await on_hint(verdict)
-        except Exception:
-            # Verified, but we could not make the sweep due (database down …). A 5xx lets the
+        except LedgerUnavailable as exc:
+            # Verified, but the database is away: the sweep cannot be made due now. A 5xx lets the
             # provider try again; the worker polls the order anyway, so nothing is lost either way.
             metrics.count_callback(CALLBACK_ERROR)
+            log.warning("provider callback not recorded: " + str(exc), serial=verdict.serial)
+            return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
+        except Exception:
+            metrics.count_callback(CALLBACK_ERROR)  # a bug: the same answer, with its traceback
             log.exception("provider callback: hinting the sweep failed", serial=verdict.serial)
             return JSONResponse({"ok": False, "error": "unavailable"}, status_code=503)
         if sweep_id is None:

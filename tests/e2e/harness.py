@@ -115,7 +115,8 @@ def sweeper_env(box: Sandbox) -> dict[str, str]:
         "SWEEPER_PROVIDER_API_KEY": str(box.info["api_key"]),
         "SWEEPER_PROVIDER_API_SECRET": str(box.info["api_secret"]),
         "SWEEPER_MNEMONIC": MNEMONIC,
-        "SWEEPER_LOG_LEVEL": "WARNING",
+        # SWEEPER_TEST_DAEMON_LOG_LEVEL=INFO (or DEBUG) to see what a daemon under test did.
+        "SWEEPER_LOG_LEVEL": os.environ.get("SWEEPER_TEST_DAEMON_LOG_LEVEL", "WARNING"),
         "PYTHONPATH": str(REPO),
     }
 

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
 from sweeper.domain import Secret
+from sweeper.errors import LedgerUnavailable
 from sweeper.listener import (
     MAX_CALLBACK_BYTES,
     FailureBudget,
@@ -260,6 +261,17 @@ def test_hint_failure_is_503_not_a_crash(harness: Harness, client: AppClient) ->
     assert response.status_code == 503
     assert response.json() == {"ok": False, "error": "unavailable"}
     assert harness.callbacks("error") == 1
+
+
+def test_a_ledger_away_is_503_with_a_warning_not_a_traceback(harness: Harness, client: AppClient) -> None:
+    harness.hint_error = LedgerUnavailable("database unreachable: connection refused")
+    body, headers = signed()
+    with capture_logs() as logs:
+        response = client.post("/callback", content=body, headers=headers)
+    assert response.status_code == 503 and harness.callbacks("error") == 1
+    [entry] = [e for e in logs if "callback" in e["event"]]
+    assert entry["log_level"] == "warning" and "connection refused" in entry["event"]
+    assert "exc_info" not in entry
 
 
 def test_a_raising_verifier_is_treated_as_malformed(harness: Harness) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import structlog.testing
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
@@ -270,3 +271,26 @@ def test_a_lease_lost_mid_step_stops_the_step_before_the_cursor_moves(rig: Rig) 
     after = rig.ledger.follow_cursor()
     assert before is not None and after is not None and after.next_block == before.next_block
     assert after.holder == "daemon-b"
+
+
+def test_a_deposit_whose_sweep_could_not_be_written_is_queued_when_the_database_is_back(rig: Rig) -> None:
+    """The database goes away between the balance read and queue_sweep: the step fails, the cursor
+    stays, and the same process reading the batch again must still queue the deposit (it once
+    remembered the pair as read and skipped it until the hourly safety net)."""
+    follower = rig.follower()
+    step(follower)
+    rig.chain.mine((USDT, PAYER, WATCHED[1], 20_000_000))
+    original = rig.ledger.queue_sweep
+
+    def unreachable(*args: object, **kwargs: object) -> int | None:
+        raise OperationalError("INSERT INTO sweeps", {}, Exception("connection refused"))
+
+    rig.ledger.queue_sweep = unreachable  # type: ignore[method-assign]
+    with pytest.raises(OperationalError):
+        step(follower)
+    rig.ledger.queue_sweep = original  # type: ignore[method-assign]
+    assert rig.queued() == {}
+    step(follower)  # the same follower, the database back
+    assert rig.queued() == {WATCHED[1]: 20_000_000}
+    cursor = rig.ledger.follow_cursor()
+    assert cursor is not None and cursor.next_block == rig.chain.solid + 1

@@ -25,7 +25,7 @@ import pytest
 import structlog.testing
 from sqlalchemy import event
 
-from sweeper.chain import ChainUnavailable
+from sweeper.chain import BroadcastRejected, ChainUnavailable
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
 from sweeper.keys import Keys
@@ -652,3 +652,24 @@ def test_a_fresh_measurement_that_reverts_or_needs_more_keeps_the_row_waiting(ri
     row = rig.row(sweep_id)
     assert row.state is S.ENERGY_ORDERED and row.energy_needed == ENERGY_TO_HOLDER
     assert rig.chain.transfers_from(address) == []
+
+
+def test_broadcasts_rejected_again_and_again_stop_at_max_attempts_then_fail_and_hold(rig: Rig) -> None:
+    """A node that keeps refusing the signed transfer (not for expiry): each refusal is counted and
+    backed off; past pipeline.max_attempts nothing more is sent, and once the stored transaction can
+    no longer be included the row fails (paid: the energy was bought) and the address is held, so
+    the next scan does not buy energy for it again."""
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    refusal = BroadcastRejected("CONTRACT_VALIDATE_ERROR", "Validate TransferContract error")
+    rig.chain.fail("broadcast", *[refusal] * 10)
+    drive(rig, rig.pipeline(max_attempts=2))
+    row = rig.row(sweep_id)
+    assert row.state is S.FAILED, rig.reasons(sweep_id)
+    # Three sends (attempts 1..3; the third passes max_attempts = 2), then the stored transaction
+    # expires unknown to the chain; its rebuild is the fourth attempt, past the limit: failed.
+    assert "gave up after 4 rebuilds / rejected broadcasts (pipeline.max_attempts = 2)" in rig.why(sweep_id)
+    assert rig.chain.calls.count("broadcast") == 3 and not rig.chain.txs
+    assert [h.address for h in rig.ledger.holds()] == [address]
+    assert len(rig.provider.orders_for(row.out_trade_no)) == 1
+    assert rig.ledger.active_hold(address, "USDT") is not None
