@@ -652,6 +652,7 @@ class Pipeline:
                 delay=3600.0,
                 changes=passed,
             )
+        marked = time.monotonic()  # taken before the mark: the POST must follow it closely
         reservation = await asyncio.to_thread(
             self.ledger.reserve_order,
             row.id,
@@ -681,6 +682,24 @@ class Pipeline:
                 delay=(tomorrow - self.now()).total_seconds() + 1,
                 changes=passed,
             )
+
+        # A worker stalled between the mark and the POST (a frozen VM, a stopped process, a starved
+        # loop) may have lost the row meanwhile: another worker looks the order up and, finding none,
+        # sends its own once the settle window has passed since the mark. A POST this late could
+        # land after that one: not sent. The row is looked up, and ordered after the window if absent.
+        stalled = time.monotonic() - marked
+        if stalled > self.options.order_settle_seconds / 2:
+            log.warning(
+                "energy order not sent: stalled after marking it", sweep_id=row.id, seconds=round(stalled)
+            )
+            await self._release(
+                row,
+                self.options.order_grace_seconds,
+                f"order not sent: this worker stalled {stalled:.0f} s after marking it (over half of the "
+                f"{self.options.order_settle_seconds:.0f} s settle window); looked up, then ordered once "
+                "the window has passed",
+            )
+            return Step.WAIT
 
         # 8. Order, outside any transaction. Whatever happens next (a lost answer, a crash), the
         # lookup in step 1 and the settle wait guard the following attempt.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -377,6 +378,31 @@ def test_a_crash_between_the_order_sent_mark_and_the_post_never_orders_twice(rig
     assert rig.row(sweep_id).state is S.CONFIRMED
     assert len(rig.provider.orders) == 1
     rig.one_order_and_transfer(sweep_id)
+
+
+def test_a_worker_stalled_between_the_order_sent_mark_and_the_post_does_not_send(rig: Rig) -> None:
+    """Frozen right after the mark committed for over half the settle window (here 0.4 s, the stall
+    0.3 s of real time): another worker may already be about to order, so the POST is not sent; the
+    row looks the order up and orders once, after the window."""
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    original = rig.ledger.reserve_order
+    stalls = [0.3]
+
+    def mark_then_freeze(*args: Any, **kwargs: Any) -> Any:
+        reservation = original(*args, **kwargs)
+        if stalls:
+            time.sleep(stalls.pop())  # the worker's thread stops after the commit
+        return reservation
+
+    rig.ledger.reserve_order = mark_then_freeze  # type: ignore[method-assign]
+    pipeline = rig.pipeline(order_settle_seconds=0.4)
+    drive(rig, pipeline, until=lambda: "stalled" in (rig.row(sweep_id).last_error or ""))
+    row = rig.row(sweep_id)
+    assert row.state is S.ORDERING and row.order_sent_at is not None
+    assert len(rig.provider.orders) == 0, "sent although the worker stalled past half the settle window"
+    drive(rig, pipeline)
+    assert rig.row(sweep_id).state is S.CONFIRMED and len(rig.provider.orders) == 1
 
 
 def test_a_crash_after_the_order_was_placed_adopts_it_on_restart(rig: Rig) -> None:
