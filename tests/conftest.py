@@ -24,6 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite ledger file, made once: tests copy it (a migration per test costs seconds)."""
+    path = tmp_path_factory.mktemp("template") / "ledger.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
 def require_postgres() -> str:
     if not POSTGRES_URL:
         if IN_CI:

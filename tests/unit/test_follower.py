@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
 from sweeper.follower import Follower, NodeCannotFollow
-from sweeper.ledger import Ledger, NewAddress, make_engine, upgrade
+from sweeper.ledger import Ledger, NewAddress, make_engine
 from sweeper.scanner import Scanner
 from tests.constants import USDT, WALLET
 from tests.fakes import Crash, FakeBlocks, FakeClock
@@ -31,15 +31,6 @@ TOKENS = (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Deci
 PAYER = "TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW"  # an exchange's hot wallet paying customers
 WATCHED = [WALLET.address(i) for i in range(6)]
 STRANGER = WALLET.address(100)  # not a deposit address of ours
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "ledger.db"
-    engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
-    engine.dispose()
-    return path
 
 
 @dataclass

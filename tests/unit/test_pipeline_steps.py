@@ -30,7 +30,7 @@ from sweeper.chain import BroadcastRejected, ChainUnavailable
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
 from sweeper.keys import Keys
-from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine, upgrade
+from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine
 from sweeper.pipeline import Pipeline, PipelineOptions
 from sweeper.provider.errors import ProviderUnavailable
 from sweeper.provider.models import CollectOrder, OrderStatus
@@ -47,15 +47,6 @@ from tests.fakes import (
 S = SweepState
 TOKENS = (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10")),)
 DEPOSIT = 25_000_000  # 25 USDT, above the 10 USDT threshold
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "ledger.db"
-    engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
-    engine.dispose()
-    return path
 
 
 @dataclass

@@ -31,7 +31,7 @@ from sqlalchemy import event
 from sweeper.config import TokenSettings
 from sweeper.domain import Secret, SweepState
 from sweeper.keys import Keys
-from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine, upgrade
+from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine
 from sweeper.pipeline import Pipeline, PipelineOptions
 from sweeper.provider.client import ProviderClient
 from sweeper.provider.errors import OrderRejected
@@ -47,15 +47,6 @@ R = RepeatedOutTradeNo
 TOKENS = (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10")),)
 DEPOSIT = 25_000_000
 SETTLE = 300.0
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "ledger.db"
-    engine = make_engine(f"sqlite:///{path}")
-    upgrade(engine)
-    engine.dispose()
-    return path
 
 
 @dataclass
