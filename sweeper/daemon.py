@@ -333,10 +333,14 @@ class Daemon:
                     return
                 raise
             except OperationalError as exc:
+                name = getattr(fn, "__name__", "?")
+                if await self._database_answers():
+                    # It answers: not an outage (locked, disk full, a schema problem …): loud.
+                    log.error("job failed", job=name, exc_info=exc)
+                    return
                 # The database is away (refused, dropped, timed out): every job fails the same way
                 # each tick until it is back. One line per job a minute, not a traceback a second;
                 # /healthz says `database: unreachable` meanwhile, and the next tick retries.
-                name = getattr(fn, "__name__", "?")
                 now = asyncio.get_running_loop().time()
                 if now - self._db_down_logged.get(name, float("-inf")) >= 60.0:
                     self._db_down_logged[name] = now
@@ -640,6 +644,13 @@ class Daemon:
             ok = False
             checks["provider"] = status.error or "not checked yet"
         return HealthReport(ok=ok, checks=checks)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.to_thread(self._ping_db)
+        except Exception:
+            return False
+        return True
 
     def _ping_db(self) -> None:
         with self.ledger.engine.connect() as conn:

@@ -426,6 +426,10 @@ class Follower:
                 )
 
         async def check(address: str) -> None:
+            # The head this read covers, taken before the read: a check left running by a failed
+            # step may finish after the next step moved `_head_before_reads` on, and must not claim
+            # to cover blocks its read may have missed.
+            covered = self._head_before_reads
             async with semaphore:
                 amount = await self.chain.token_balance(address, token.contract)
             if amount >= token.min_sweep_base_units:
@@ -436,7 +440,7 @@ class Follower:
                 sweep_id = None
             # Only once the decision is recorded: a queue_sweep that failed (the database away)
             # must leave the pair unread, or the batch read again would skip its deposit.
-            self._read_at[(address, token.contract)] = self._head_before_reads
+            self._read_at[(address, token.contract)] = covered
             if sweep_id is not None:
                 self.status.queued += 1
                 log.info(

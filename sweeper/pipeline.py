@@ -652,7 +652,9 @@ class Pipeline:
                 delay=3600.0,
                 changes=passed,
             )
-        marked = time.monotonic()  # taken before the mark: the POST must follow it closely
+        # Taken before the mark: the POST must follow it closely. Both clocks: the monotonic one
+        # stands still through a host suspend or a VM pause, the ledger's follows the wall clock.
+        marked, marked_at = time.monotonic(), self.now()
         reservation = await asyncio.to_thread(
             self.ledger.reserve_order,
             row.id,
@@ -687,7 +689,7 @@ class Pipeline:
         # loop) may have lost the row meanwhile: another worker looks the order up and, finding none,
         # sends its own once the settle window has passed since the mark. A POST this late could
         # land after that one: not sent. The row is looked up, and ordered after the window if absent.
-        stalled = time.monotonic() - marked
+        stalled = max(time.monotonic() - marked, (self.now() - marked_at).total_seconds())
         if stalled > self.options.order_settle_seconds / 2:
             log.warning(
                 "energy order not sent: stalled after marking it", sweep_id=row.id, seconds=round(stalled)

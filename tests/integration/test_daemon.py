@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog.testing
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from sweeper.addresses import AddressConfigProblem, sync_addresses
 from sweeper.chain import BlockRef, ChainUnavailable
@@ -195,3 +196,43 @@ def test_a_clock_that_disagrees_with_the_chain_is_alerted_at_start(
     assert bool(alerts) is alerted
     if alerted:
         assert abs(alerts[0]["skew_seconds"] - skew_seconds) < 2
+
+
+def _db_error() -> OperationalError:
+    return OperationalError("UPDATE sweeps", {}, Exception("database is locked"))
+
+
+def test_a_database_error_while_the_database_answers_is_loud_and_an_outage_is_one_warning_a_minute(
+    setup: tuple[Path, Settings, Ledger, str],
+) -> None:
+    """A job failing with an OperationalError: if the database still answers (locked, disk full, a
+    schema problem) it is an error with its traceback every time; if it does not answer (an outage)
+    it is one warning per job a minute, not a traceback per tick."""
+    path, settings, ledger, _ = setup
+    daemon = daemon_for(settings, ledger, path)
+
+    async def failing_job() -> None:
+        raise _db_error()
+
+    job = daemon._job(failing_job)
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(job())
+        asyncio.run(job())
+    assert [(e["log_level"], e["event"]) for e in logs] == [("error", "job failed")] * 2
+    assert all(isinstance(e.get("exc_info"), OperationalError) for e in logs)
+
+    def unreachable() -> None:
+        raise _db_error()
+
+    daemon._ping_db = unreachable  # type: ignore[method-assign]
+
+    async def twice() -> None:  # one event loop: the minute is counted on its clock
+        await job()
+        await job()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(twice())
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "database unreachable; the job runs again next tick")
+    ]
+    assert logs[0]["error"] == "database is locked" and "exc_info" not in logs[0]
