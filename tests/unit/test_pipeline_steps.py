@@ -396,6 +396,29 @@ def test_a_worker_stalled_between_the_order_sent_mark_and_the_post_does_not_send
     assert rig.row(sweep_id).state is S.CONFIRMED and len(rig.provider.orders) == 1
 
 
+def test_a_suspend_between_the_order_sent_mark_and_the_post_is_seen_on_the_ledger_clock(rig: Rig) -> None:
+    """A host suspend stops the monotonic clock, not the wall clock the ledger follows: 200 s pass
+    on the ledger's clock between the mark and the POST (past half of the 300 s settle window), and
+    the POST is not sent; the row orders once after the window."""
+    address = rig.fund()
+    sweep_id = rig.queue(address)
+    original = rig.ledger.reserve_order
+    suspends = [200.0]
+
+    def mark_then_suspend(*args: Any, **kwargs: Any) -> Any:
+        reservation = original(*args, **kwargs)
+        if suspends:
+            rig.clock.advance(suspends.pop())
+        return reservation
+
+    rig.ledger.reserve_order = mark_then_suspend  # type: ignore[method-assign]
+    pipeline = rig.pipeline()
+    drive(rig, pipeline, until=lambda: "stalled" in (rig.row(sweep_id).last_error or ""))
+    assert len(rig.provider.orders) == 0, "sent after a suspend past half the settle window"
+    drive(rig, pipeline, step_seconds=10)
+    assert rig.row(sweep_id).state is S.CONFIRMED and len(rig.provider.orders) == 1
+
+
 def test_a_crash_after_the_order_was_placed_adopts_it_on_restart(rig: Rig) -> None:
     address = rig.fund()
     sweep_id = rig.queue(address)
