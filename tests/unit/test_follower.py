@@ -7,21 +7,19 @@ and only the lease holder moves the cursor."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import structlog.testing
-from sqlalchemy import event
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from sweeper.config import TokenSettings
 from sweeper.domain import SweepState
 from sweeper.follower import Follower, NodeCannotFollow
-from sweeper.ledger import Ledger, NewAddress, make_engine
+from sweeper.ledger import Ledger, NewAddress
 from sweeper.scanner import Scanner
 from tests.constants import USDT, WALLET
 from tests.fakes import Crash, FakeBlocks, FakeClock
@@ -48,19 +46,14 @@ class Rig:
 
 
 @pytest.fixture
-def rig(migrated: Path, tmp_path: Path) -> Iterator[Rig]:
-    path = tmp_path / "ledger.db"
-    shutil.copy(migrated, path)
-    engine = make_engine(f"sqlite:///{path}")
-    event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA synchronous=OFF"))
+def rig(fast_engine: Engine) -> Iterator[Rig]:
     clock = FakeClock()
-    ledger = Ledger(engine, clock=clock)
+    ledger = Ledger(fast_engine, clock=clock)
     ledger.upsert_addresses([NewAddress(a, "hd", hd_index=i) for i, a in enumerate(WATCHED)])
     chain = FakeBlocks()
     chain.balances[USDT][PAYER] = 10**15
     chain.mine_empty(5, transactions=3)  # history before the ledger existed
     yield Rig(clock, chain, ledger)
-    engine.dispose()
 
 
 def step(follower: Follower) -> int:

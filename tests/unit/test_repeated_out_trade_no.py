@@ -16,22 +16,20 @@ only a refusing or idempotent provider prevents a second order (money still move
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import Engine
 
 from sweeper.config import TokenSettings
 from sweeper.domain import Secret, SweepState
 from sweeper.keys import Keys
-from sweeper.ledger import Ledger, NewAddress, SweepRecord, make_engine
+from sweeper.ledger import Ledger, NewAddress, SweepRecord
 from sweeper.pipeline import Pipeline, PipelineOptions
 from sweeper.provider.client import ProviderClient
 from sweeper.provider.errors import OrderRejected
@@ -105,20 +103,14 @@ def reading(request: pytest.FixtureRequest) -> RepeatedOutTradeNo:
 
 
 @pytest.fixture
-def rig(migrated: Path, tmp_path: Path, reading: RepeatedOutTradeNo) -> Iterator[Rig]:
-    path = tmp_path / "ledger.db"
-    shutil.copy(migrated, path)
+def rig(fast_engine: Engine, reading: RepeatedOutTradeNo) -> Iterator[Rig]:
     clock = FakeClock()
-    engine = make_engine(f"sqlite:///{path}")
-    # Durability is not what these tests are about: no fsync per commit keeps a case in milliseconds.
-    event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA synchronous=OFF"))
     chain = FakeChain(clock)
     chain.credit(USDT, DESTINATION, 1)  # the destination holds USDT: 65k-energy transfers
     provider = FakeProvider(chain, DESTINATION, token=USDT, repeated_out_trade_no=reading)
-    rig = Rig(clock, chain, provider, Ledger(engine, clock=clock))
+    rig = Rig(clock, chain, provider, Ledger(fast_engine, clock=clock))
     yield rig
     rig.money_moved_at_most_once()  # after every case, whatever it asserted itself
-    engine.dispose()
 
 
 def drive(
