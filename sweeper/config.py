@@ -38,6 +38,9 @@ from sweeper.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "sweeper.toml"
 SUN_PER_TRX = 1_000_000
+# `[[tokens]] symbol = "TRX"`: native TRX, 6 decimals (sun), no contract.
+TRX_SYMBOL: Final = "TRX"
+TRX_DECIMALS: Final = 6
 MAX_HD_ADDRESSES = 10_000_000
 # Set by systemd (247+) for a unit with LoadCredential=: the directory holding one file per credential.
 CREDENTIALS_DIRECTORY: Final = "CREDENTIALS_DIRECTORY"
@@ -228,12 +231,23 @@ class SafetySettings:
 
 @dataclass(frozen=True, kw_only=True)
 class TokenSettings:
-    """One `[[tokens]]` table; every key is required."""
+    """One `[[tokens]]` table. `symbol = "TRX"` is native TRX (no `contract`, 6 decimals, swept with
+    a plain TransferContract, no energy order); every other symbol is a TRC20 token and needs its
+    `contract`."""
 
     symbol: str = key("symbol")
-    contract: str = key("address")
+    contract: str | None = key("address_or_empty", "")
     decimals: int = key("decimals")
     min_sweep: Decimal = key("pos_decimal")
+
+    @property
+    def is_trx(self) -> bool:
+        return self.contract is None
+
+    @property
+    def asset_key(self) -> str:
+        """What detection keys the asset by: the token's contract, or "TRX"."""
+        return self.contract if self.contract is not None else TRX_SYMBOL
 
     @property
     def min_sweep_base_units(self) -> int:
@@ -403,7 +417,7 @@ def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mappi
 
     str_kinds = {
         "db_url", "http_url", "http_url_or_empty", "env_name", "env_name_optional", "host_port",
-        "host_port_or_empty", "path", "hd_indexes", "address", "symbol",
+        "host_port_or_empty", "path", "hd_indexes", "address", "address_or_empty", "symbol",
     }  # fmt: skip
     if (isinstance(kind, type) or kind in str_kinds) and not isinstance(value, str):
         return bad(f"expected a string, got {_type_name(value)}")
@@ -469,7 +483,9 @@ def _check(kind: Kind, value: Any, key: str, problems: _Problems, refused: Mappi
                 return parse_hd_indexes(value)
             except ValueError as exc:
                 return bad(str(exc))
-        case "address":
+        case "address" | "address_or_empty":
+            if value == "" and kind == "address_or_empty":
+                return None
             try:
                 return check_tron_address(value)
             except InvalidAddress as exc:
@@ -560,7 +576,18 @@ def load_settings(
     else:
         for i, item in enumerate(raw_tokens):
             typed = _check_table(TokenSettings, item, f"tokens[{i}]", problems)
-            if None in typed.values():
+            if typed["symbol"] == TRX_SYMBOL:
+                if typed["contract"] is not None:
+                    problems.add(f"tokens[{i}].contract", "TRX is native: remove `contract` from its table")
+                    continue
+                if typed["decimals"] is not None and typed["decimals"] != TRX_DECIMALS:
+                    problems.add(f"tokens[{i}].decimals", f"TRX has {TRX_DECIMALS} decimals (sun)")
+                    continue
+            elif typed["contract"] is None:
+                if item.get("contract", "") == "":  # else: not an address, reported already
+                    problems.add(f"tokens[{i}].contract", 'required key is missing (only symbol = "TRX" has none)')
+                continue
+            if any(v is None for k, v in typed.items() if k != "contract"):
                 continue
             try:
                 to_base_units(typed["min_sweep"], typed["decimals"])
@@ -591,7 +618,7 @@ def load_settings(
     if destination and destination in file_addresses:
         problems.add("wallet.destination", f"{destination} is also a watched address in {address_file}")
     for token in tokens:
-        if destination and token.contract == destination:
+        if destination and token.contract is not None and token.contract == destination:
             problems.add("wallet.destination", f"{destination} is the contract of token {token.symbol}")
     metrics_listen, callback_listen = values["metrics"]["listen"], values["callback"]["listen"]
     both = bool(metrics_listen and callback_listen)  # set, and valid (an invalid one is None)

@@ -35,8 +35,16 @@ class SweepState(StrEnum):
 FINAL_STATES: Final = frozenset({SweepState.CONFIRMED, SweepState.FAILED, SweepState.CANCELLED})
 OPEN_STATES: Final = frozenset(s for s in SweepState if s not in FINAL_STATES)
 
+class AssetKind(StrEnum):
+    """What a sweep moves: a TRC20 token (energy ordered, then `transfer`) or native TRX (a plain
+    TransferContract, no energy order). Each kind has its own path through the states."""
+
+    TOKEN = "token"
+    TRX = "trx"
+
+
 S = SweepState
-# Every transition the ledger allows; anything else raises and changes nothing.
+# Every transition the ledger allows for a TOKEN sweep; anything else raises and changes nothing.
 # `None` is the "no row yet" source: a sweep is born queued.
 TRANSITIONS: Final[dict[SweepState | None, frozenset[SweepState]]] = {
     None: frozenset({S.QUEUED}),
@@ -52,29 +60,57 @@ TRANSITIONS: Final[dict[SweepState | None, frozenset[SweepState]]] = {
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
 }
+# A TRX sweep: no energy, so no ordering states. queued -> signed is decided under a lock on the
+# deposit address (one sweep per address past `queued`); a transfer that expired unknown to the
+# chain goes back to `queued` to be rebuilt (the token path's return to energy_ready); queued ->
+# cancelled also covers "below min_sweep once the fee is paid" (with a cool-down).
+TRX_TRANSITIONS: Final[dict[SweepState | None, frozenset[SweepState]]] = {
+    None: frozenset({S.QUEUED}),
+    S.QUEUED: frozenset({S.SIGNED, S.CANCELLED, S.FAILED}),
+    S.ORDERING: frozenset(),
+    S.ENERGY_ORDERED: frozenset(),
+    S.ENERGY_READY: frozenset(),
+    S.SIGNED: frozenset({S.BROADCAST, S.QUEUED}),
+    S.BROADCAST: frozenset({S.CONFIRMED, S.FAILED, S.QUEUED}),
+    S.CONFIRMED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+TRANSITIONS_BY_KIND: Final[dict[AssetKind, dict[SweepState | None, frozenset[SweepState]]]] = {
+    AssetKind.TOKEN: TRANSITIONS,
+    AssetKind.TRX: TRX_TRANSITIONS,
+}
 del S
 
 
-def is_legal(source: SweepState | None, target: SweepState) -> bool:
-    return target in TRANSITIONS.get(source, frozenset())
+def is_legal(source: SweepState | None, target: SweepState, kind: AssetKind = AssetKind.TOKEN) -> bool:
+    return target in TRANSITIONS_BY_KIND[kind].get(source, frozenset())
 
 
-def sources_of(target: SweepState) -> frozenset[SweepState]:
+def sources_of(target: SweepState, kind: AssetKind = AssetKind.TOKEN) -> frozenset[SweepState]:
     """The states a row may be in for a transition to `target` (excluding row creation)."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if s is not None and target in targets)
+    table = TRANSITIONS_BY_KIND[kind]
+    return frozenset(s for s, targets in table.items() if s is not None and target in targets)
 
 
 class IllegalTransition(LedgerError):
     """A transition the state machine does not allow, or a row no longer in the expected state."""
 
 
-def check_transition(source: SweepState | None, target: SweepState, *, subject: str = "sweep") -> None:
-    """Raise IllegalTransition unless `source -> target` is in TRANSITIONS. Every state the ledger
-    writes (birth, claim, transition, retry) passes here first; the database's trigger (migration
-    0007) refuses the same pairs whatever code path writes them."""
-    if not is_legal(source, target):
+def check_transition(
+    source: SweepState | None,
+    target: SweepState,
+    *,
+    subject: str = "sweep",
+    kind: AssetKind = AssetKind.TOKEN,
+) -> None:
+    """Raise IllegalTransition unless `source -> target` is in the table of the sweep's asset kind.
+    Every state the ledger writes (birth, claim, transition, retry) passes here first; the
+    database's trigger (migrations 0007, 0009) refuses the same pairs whatever code path writes them."""
+    if not is_legal(source, target, kind):
         name = "(none)" if source is None else source.value
-        raise IllegalTransition(f"{subject}: {name} -> {target.value} is not allowed")
+        what = "" if kind is AssetKind.TOKEN else f" for a {kind.value} sweep"
+        raise IllegalTransition(f"{subject}: {name} -> {target.value} is not allowed{what}")
 
 
 # --- time --------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from sweeper.ledger.db import SchemaNotReady, make_engine, require_head, upgrade
 from sweeper.ledger.ledger import FOLLOW_BLOCKS, ORDERING_PAUSE, Ledger, token_pause_name, utc_day
 from sweeper.ledger.lock import LedgerLocked, SqliteLedgerLock
 from sweeper.ledger.records import (
+    AddressBusy,
     CooldownRecord,
     CursorRefused,
     DepositAddressRecord,
@@ -25,6 +26,7 @@ from sweeper.ledger.records import (
 __all__ = [
     "FOLLOW_BLOCKS",
     "ORDERING_PAUSE",
+    "AddressBusy",
     "CooldownRecord",
     "CursorRefused",
     "DepositAddressRecord",

@@ -20,10 +20,12 @@ from sqlalchemy.exc import IntegrityError
 
 from sweeper.domain import (
     FINAL_STATES,
+    AssetKind,
     Clock,
     IllegalTransition,
     SweepState,
     check_transition,
+    is_legal,
 )
 from sweeper.errors import LedgerError
 from sweeper.ledger.clock import DatabaseClock
@@ -42,6 +44,7 @@ from sweeper.ledger.models import (
 )
 from sweeper.ledger.records import (
     OUT_TRADE_NO,
+    AddressBusy,
     CooldownRecord,
     CursorRefused,
     DepositAddressRecord,
@@ -101,7 +104,7 @@ MUTABLE_COLUMNS = frozenset(
         "amount", "destination", "serial", "scene", "cost_sun", "provider_balance_sun", "txid",
         "signed_tx", "expiration", "attempts", "next_attempt_at", "claimed_by", "lease_until",
         "last_error", "order_sent_at", "energy_needed", "charge_sun", "charge_day", "refund_sun",
-        "send_attempts", "reverting_since",
+        "send_attempts", "reverting_since", "fee_sun",
     }
 )  # fmt: skip
 
@@ -143,7 +146,7 @@ class Ledger:
         self,
         address: str,
         token: str,
-        token_contract: str,
+        token_contract: str | None,
         observed_amount: int,
         *,
         reason: str = "balance at or above min_sweep",
@@ -151,7 +154,8 @@ class Ledger:
         actor: str | None = None,
     ) -> int | None:
         """Queue a sweep; None when (address, token) already has an open one (the index decides),
-        is held after a paid failure, or is cooling down after unpaid ones."""
+        is held after a paid failure, or is cooling down after unpaid ones. `token_contract` None:
+        a native TRX sweep (asset kind 'trx'), else a TRC20 token's."""
         _check_token_amount("observed_amount", observed_amount)
         now = self.now()
         try:
@@ -184,19 +188,21 @@ class Ledger:
         conn: Connection,
         address: str,
         token: str,
-        token_contract: str,
+        token_contract: str | None,
         observed_amount: int,
         reason: str,
         retry_of: int | None,
         actor: str | None,
         now: datetime,
     ) -> int:
-        check_transition(None, SweepState.QUEUED)
+        kind = AssetKind.TRX if token_contract is None else AssetKind.TOKEN
+        check_transition(None, SweepState.QUEUED, kind=kind)
         sweep_id = conn.execute(
             insert(sweeps)
             .values(
                 address=address,
                 token=token,
+                asset_kind=kind.value,
                 token_contract=token_contract,
                 state=SweepState.QUEUED.value,
                 observed_amount=observed_amount,
@@ -227,8 +233,13 @@ class Ledger:
         release: bool = False,
         hold: bool = False,
         cooldown: bool = False,
+        exclusive: bool = False,
     ) -> SweepRecord:
         """Move a sweep from `source` (the state the caller saw) to `target`, with its event row.
+
+        `exclusive`: the move takes the row past `queued` (a TRX sweep's queued -> signed): under a
+        lock on its deposit address row, refused with AddressBusy (nothing changes) while another
+        sweep of the address is past `queued`, or an older one is still queued (it goes first).
 
         `holder`: the worker's id; the UPDATE then also requires `claimed_by = holder`, so a worker
         whose lease was taken over cannot move the row. `release` drops the claim (final states
@@ -240,22 +251,25 @@ class Ledger:
         was spent: the next sweep of the pair waits, doubling per failure). A confirmed sweep clears
         its pair's cooldown.
         """
-        if (hold or cooldown) and target is not SweepState.FAILED:
-            raise ValueError("hold and cooldown only follow a failure")
+        if hold and target is not SweepState.FAILED:
+            raise ValueError("a hold only follows a failure")
+        if cooldown and target not in (SweepState.FAILED, SweepState.CANCELLED):
+            raise ValueError("a cool-down only follows a failure or a cancellation")
         if hold and cooldown:
             raise ValueError("a failure either holds or cools down, not both")
         sources = frozenset({source} if isinstance(source, SweepState) else source)
         if not sources:
             raise IllegalTransition("no source state given")
-        for s in sources:
-            check_transition(s, target, subject=f"sweep {sweep_id}")
+        for s in sources:  # legal for some kind; the row's own kind is checked once it is read
+            if not any(is_legal(s, target, kind) for kind in AssetKind):
+                check_transition(s, target, subject=f"sweep {sweep_id}")
         values = dict(changes or {})
         unknown = set(values) - MUTABLE_COLUMNS
         if unknown:
             raise ValueError(f"cannot set {sorted(unknown)} in a transition")
         if "amount" in values:
             _check_token_amount("amount", values["amount"])
-        for name in ("cost_sun", "charge_sun", "refund_sun", "energy_needed"):
+        for name in ("cost_sun", "charge_sun", "refund_sun", "energy_needed", "fee_sun"):
             if values.get(name) is not None:
                 _check_amount(name, values[name])
         now = self.now()
@@ -266,7 +280,9 @@ class Ledger:
         with self.engine.begin() as conn:
             # Lock the row and read the state it is really in, so the event names it exactly.
             current = conn.execute(
-                select(sweeps.c.state, sweeps.c.claimed_by).where(sweeps.c.id == sweep_id).with_for_update()
+                select(sweeps.c.state, sweeps.c.claimed_by, sweeps.c.asset_kind, sweeps.c.address)
+                .where(sweeps.c.id == sweep_id)
+                .with_for_update()
             ).first()
             if current is None:
                 raise SweepNotFound(f"sweep {sweep_id} does not exist")
@@ -275,11 +291,22 @@ class Ledger:
                 raise IllegalTransition(
                     f"sweep {sweep_id} is {current.state}; expected {expected} for -> {target.value}"
                 )
+            check_transition(
+                SweepState(current.state), target, subject=f"sweep {sweep_id}", kind=AssetKind(current.asset_kind)
+            )
             if holder is not None and current.claimed_by != holder:
                 raise IllegalTransition(
                     f"sweep {sweep_id} is claimed by {current.claimed_by or 'nobody'}, not {holder}; "
                     f"{current.state} -> {target.value} refused"
                 )
+            if exclusive:
+                blocker = self._address_blocker(conn, current.address, sweep_id)
+                if blocker is not None:
+                    raise AddressBusy(
+                        f"sweep {sweep_id}: {current.address} has sweep {blocker.id} ({blocker.state}) "
+                        f"{'past queued' if blocker.state != SweepState.QUEUED.value else 'queued before it'}; "
+                        f"{current.state} -> {target.value} waits"
+                    )
             guard = [sweeps.c.id == sweep_id, sweeps.c.state == current.state]
             if holder is not None:
                 guard.append(sweeps.c.claimed_by == holder)
@@ -376,7 +403,10 @@ class Ledger:
             .where(
                 other.c.address == sweeps.c.address,
                 other.c.id != sweeps.c.id,
-                other.c.state.in_([s.value for s in BUSY_STATES]),
+                or_(
+                    other.c.state.in_([s.value for s in BUSY_STATES]),
+                    and_(other.c.state == SweepState.QUEUED.value, other.c.id < sweeps.c.id),
+                ),
             )
             .exists()
         )
@@ -388,14 +418,24 @@ class Ledger:
         )
 
     def claim(
-        self, worker: str, states: Sequence[SweepState], *, limit: int, lease_seconds: float
+        self,
+        worker: str,
+        states: Sequence[SweepState],
+        *,
+        limit: int,
+        lease_seconds: float,
+        queued_kinds: Iterable[AssetKind] = tuple(AssetKind),
     ) -> list[SweepRecord]:
         """Lease up to `limit` due rows in `states` to `worker`, oldest first.
 
-        Queued rows move to `ordering` (a transition, with its event); rows in later states keep
-        their state and only get the lease. Postgres: FOR UPDATE SKIP LOCKED, so concurrent
-        claimers never wait on or double-claim a row. SQLite: the transaction is IMMEDIATE.
+        Queued TOKEN rows move to `ordering` (a transition, with its event); queued TRX rows and
+        rows in later states keep their state and only get the lease. `queued_kinds`: the kinds
+        whose queued rows may start (ordering paused: TRX only). A queued row starts only while no
+        other sweep of its address is past `queued` and no older one is queued, decided under a
+        lock on the deposit address row. Postgres: FOR UPDATE SKIP LOCKED, so concurrent claimers
+        never wait on or double-claim a row. SQLite: the transaction is IMMEDIATE.
         """
+        kinds = [k.value for k in queued_kinds]
         if limit <= 0:
             return []
         now = self.now()
@@ -403,16 +443,29 @@ class Ledger:
         with self.engine.begin() as conn:
             due = conn.execute(
                 select(sweeps.c.id, sweeps.c.address, sweeps.c.state)
-                .where(self._claimable(states, now))
+                .where(
+                    self._claimable(states, now),
+                    or_(sweeps.c.state != SweepState.QUEUED.value, sweeps.c.asset_kind.in_(kinds)),
+                )
                 .order_by(sweeps.c.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True, of=sweeps)
             ).all()
+            queued_due = [r for r in due if r.state == SweepState.QUEUED.value]
+            if queued_due:
+                # The address rows, locked in one order (no deadlock between claimers); then the
+                # check again, now that a concurrent claimer of the same address has committed.
+                conn.execute(
+                    select(addresses.c.id)
+                    .where(addresses.c.address.in_(sorted({r.address for r in queued_due})))
+                    .order_by(addresses.c.address)
+                    .with_for_update()
+                ).all()
             ids: list[int] = []
             starting: set[str] = set()
             for row in due:  # at most one queued row per address starts in one batch
                 if row.state == SweepState.QUEUED.value:
-                    if row.address in starting:
+                    if row.address in starting or self._address_blocker(conn, row.address, int(row.id)):
                         continue
                     starting.add(row.address)
                 ids.append(int(row.id))
@@ -434,7 +487,11 @@ class Ledger:
             queued = list(
                 conn.execute(
                     update(sweeps)
-                    .where(sweeps.c.id.in_(ids), sweeps.c.state == SweepState.QUEUED.value)
+                    .where(
+                        sweeps.c.id.in_(ids),
+                        sweeps.c.state == SweepState.QUEUED.value,
+                        sweeps.c.asset_kind == AssetKind.TOKEN.value,
+                    )
                     .values(state=SweepState.ORDERING.value, updated_at=now)
                     .returning(sweeps.c.id)
                 ).scalars()
@@ -445,6 +502,24 @@ class Ledger:
                 )
             rows = conn.execute(select(sweeps).where(sweeps.c.id.in_(ids)).order_by(sweeps.c.id)).all()
         return [SweepRecord.from_row(r) for r in rows]
+
+    @staticmethod
+    def _address_blocker(conn: Connection, address: str, sweep_id: int) -> Any:
+        """Another sweep of `address` past `queued`, or queued before `sweep_id`: (id, state), or None.
+        Read after the address row is locked: what concurrent claimers committed is seen."""
+        return conn.execute(
+            select(sweeps.c.id, sweeps.c.state)
+            .where(
+                sweeps.c.address == address,
+                sweeps.c.id != sweep_id,
+                or_(
+                    sweeps.c.state.in_([s.value for s in BUSY_STATES]),
+                    and_(sweeps.c.state == SweepState.QUEUED.value, sweeps.c.id < sweep_id),
+                ),
+            )
+            .order_by(sweeps.c.id)
+            .limit(1)
+        ).first()
 
     def renew_lease(self, sweep_id: int, worker: str, lease_seconds: float) -> bool:
         """Extend a lease we still hold; False if it was lost (another worker took the row)."""
@@ -942,6 +1017,7 @@ class Ledger:
                 ):
                     swept[token] = swept.get(token, 0) + amount
             cost = conn.execute(select(func.coalesce(func.sum(sweeps.c.cost_sun), 0))).scalar_one()
+            burnt = conn.execute(select(func.coalesce(func.sum(sweeps.c.fee_sun), 0))).scalar_one()
             count = conn.execute(select(func.count()).select_from(addresses)).scalar_one()
             held = conn.execute(
                 select(func.count()).select_from(holds).where(holds.c.released_at.is_(None))
@@ -961,6 +1037,7 @@ class Ledger:
             by_state=by_state,
             swept_by_token=swept,
             energy_cost_sun=int(cost),
+            fee_burnt_sun=int(burnt),
             addresses=int(count),
             held=int(held),
             spent_today_sun=int(spent),

@@ -139,7 +139,9 @@ class Sweep(Base):
         String(34), ForeignKey("deposit_addresses.address", ondelete="RESTRICT"), nullable=False
     )
     token: Mapped[str] = mapped_column(String(16), nullable=False)
-    token_contract: Mapped[str] = mapped_column(String(34), nullable=False)
+    # 'token' (TRC20: energy ordered, then transfer) or 'trx' (native, a TransferContract; 0009).
+    asset_kind: Mapped[str] = mapped_column(String(8), nullable=False, server_default=text("'token'"))
+    token_contract: Mapped[str | None] = mapped_column(String(34), nullable=True)  # NULL: TRX
     state: Mapped[str] = mapped_column(String(16), nullable=False)
     observed_amount: Mapped[int] = mapped_column(TokenUnits, nullable=False)
     amount: Mapped[int] = mapped_column(TokenUnits, nullable=False)
@@ -149,6 +151,8 @@ class Sweep(Base):
     cost_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     provider_balance_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     txid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    # TRX burnt by the sweep's own transaction (TransactionInfo `fee`), once it is on chain (0009).
+    fee_sun: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     signed_tx: Mapped[str | None] = mapped_column(Text, nullable=True)
     expiration: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
@@ -181,6 +185,10 @@ class Sweep(Base):
 
     __table_args__ = (
         CheckConstraint(state_check_sql(), name="state"),
+        CheckConstraint(
+            "asset_kind IN ('token', 'trx') AND ((asset_kind = 'trx') = (token_contract IS NULL))",
+            name="asset_kind",
+        ),
         # The same rule in each database's terms (0006): non-negative numbers / 78-digit text.
         CheckConstraint("observed_amount >= 0 AND amount >= 0", name="amounts").ddl_if(dialect="postgresql"),
         CheckConstraint(token_units_check_sql("observed_amount", "amount"), name="amounts").ddl_if(

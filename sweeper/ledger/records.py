@@ -11,12 +11,17 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from sweeper.domain import FINAL_STATES, SweepState
+from sweeper.domain import FINAL_STATES, AssetKind, SweepState
 from sweeper.errors import LedgerError
 
 
 class SweepNotFound(LedgerError):
     pass
+
+
+class AddressBusy(LedgerError):
+    """Another sweep of the deposit address is past `queued` (or queued before this one): this one
+    waits. One sweep per address at a time: each counts on the address's bandwidth and energy."""
 
 
 class OpenSweepExists(LedgerError):
@@ -28,7 +33,8 @@ class SweepRecord:
     id: int
     address: str
     token: str
-    token_contract: str
+    asset_kind: AssetKind
+    token_contract: str | None  # None: a TRX sweep
     state: SweepState
     observed_amount: int
     amount: int
@@ -38,6 +44,7 @@ class SweepRecord:
     cost_sun: int | None
     provider_balance_sun: int | None
     txid: str | None
+    fee_sun: int | None
     signed_tx: str | None
     expiration: datetime | None
     attempts: int
@@ -62,11 +69,16 @@ class SweepRecord:
     def from_row(cls, row: Row[Any]) -> SweepRecord:
         data = dict(row._mapping)
         data["state"] = SweepState(data["state"])
+        data["asset_kind"] = AssetKind(data["asset_kind"])
         return cls(**data)
 
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def is_trx(self) -> bool:
+        return self.asset_kind is AssetKind.TRX
 
     @property
     def out_trade_no(self) -> str:
@@ -179,6 +191,7 @@ class Stats:
     ordering_paused: str | None = None  # why ordering is paused (a cost anomaly), if it is
     follow_next_block: int | None = None  # the block follower's cursor (None: not following yet)
     follow_advanced_at: datetime | None = None  # when the cursor last moved
+    fee_burnt_sun: int = 0  # TRX burnt by the sweeps' own transactions (bandwidth, energy, new accounts)
 
 
 class CursorRefused(LedgerError):

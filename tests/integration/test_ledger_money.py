@@ -105,8 +105,11 @@ def test_a_confirmed_sweep_clears_the_cooldown(known: Ledger, clock: FakeClock) 
 def test_hold_and_cooldown_only_follow_a_failure(known: Ledger) -> None:
     sweep_id = known.queue_sweep(A1, "USDT", USDT, 30_000_000)
     assert sweep_id is not None
-    with pytest.raises(ValueError, match="only follow a failure"):
+    with pytest.raises(ValueError, match="only follows a failure"):
         known.transition(sweep_id, S.QUEUED, S.CANCELLED, reason="x", hold=True)
+    # A cool-down also follows a cancellation (a TRX balance below min_sweep once its fee is paid).
+    with pytest.raises(ValueError, match="only follows a failure or a cancellation"):
+        known.transition(sweep_id, S.QUEUED, S.ORDERING, reason="x", cooldown=True)
     assert known.get_sweep(sweep_id).state is S.QUEUED
 
 

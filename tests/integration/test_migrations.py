@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from sweeper.domain import OPEN_STATES, TRANSITIONS, SweepState
+from sweeper.domain import OPEN_STATES, TRANSITIONS_BY_KIND, AssetKind, SweepState
 from sweeper.ledger import db
 from sweeper.ledger.models import Base
 
@@ -248,15 +248,20 @@ def _set_state(sweep_id: int, state: SweepState) -> Callable[[Connection], objec
     )
 
 
-def test_the_database_allows_exactly_the_transition_table(db_url: str) -> None:
-    """At head, plain SQL (no ledger code) can make exactly the state changes in domain.TRANSITIONS:
-    every (from, to) pair of states by UPDATE, every state by INSERT; the rest is IntegrityError."""
+@pytest.mark.parametrize("kind", list(AssetKind))
+def test_the_database_allows_exactly_the_transition_table(db_url: str, kind: AssetKind) -> None:
+    """At head, plain SQL (no ledger code) can make exactly the state changes in the transition
+    table of the row's asset kind (domain.TRANSITIONS_BY_KIND): every (from, to) pair of states by
+    UPDATE, every state by INSERT; the rest is IntegrityError."""
     engine = db.make_engine(db_url)
     db.upgrade(engine, "0006")  # one row in each state, made before the trigger existed
     with engine.begin() as conn:
         _add_address(conn)
         row = {state: _insert_sweep(conn, state.value, f"T-{state.value}") for state in SweepState}
     db.upgrade(engine)
+    if kind is AssetKind.TRX:  # not a state change: the trigger lets it through
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE sweeps SET asset_kind = 'trx', token_contract = NULL"))
 
     allowed: set[tuple[SweepState | None, SweepState]] = set()
     refusals: dict[tuple[SweepState | None, SweepState], str] = {}
@@ -272,7 +277,8 @@ def test_the_database_allows_exactly_the_transition_table(db_url: str) -> None:
             elif source is not target:
                 allowed.add((source, target))
 
-    table = {(source, target) for source, targets in TRANSITIONS.items() for target in targets}
+    transitions = TRANSITIONS_BY_KIND[kind]
+    table = {(source, target) for source, targets in transitions.items() for target in targets}
     assert allowed == table, (
         f"{RETRIGGER}; allowed - table: {allowed - table}, table - allowed: {table - allowed}"
     )
@@ -356,4 +362,29 @@ def test_0008_follow_cursor_downgrade_and_upgrade_again(db_url: str) -> None:
     ):
         assert _refused(engine, lambda conn, bad=bad: conn.execute(text(insert), {**good, **bad})), bad
     assert _refused(engine, lambda conn: conn.execute(text(insert), good)) is None
+    engine.dispose()
+
+
+def test_0009_asset_kind_check_and_downgrade_guard(db_url: str) -> None:
+    """A TRX row has no contract and a token row has one (the CHECK); a downgrade below 0009 with a
+    TRX row in the ledger refuses and changes nothing."""
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        _add_address(conn)
+        _insert_sweep(conn, "queued", "USDT")
+    assert _refused(engine, lambda c: c.execute(text("UPDATE sweeps SET asset_kind = 'trx'"))) is not None
+    assert _refused(engine, lambda c: c.execute(text("UPDATE sweeps SET token_contract = NULL"))) is not None
+    assert _refused(engine, lambda c: c.execute(text("UPDATE sweeps SET asset_kind = 'nft'"))) is not None
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sweeps SET asset_kind = 'trx', token_contract = NULL, token = 'TRX'"))
+    with pytest.raises(RuntimeError, match="1 TRX sweep"):
+        db.downgrade(engine, "0008")
+    assert db.current_revision(engine) == db.head_revision()
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM sweeps"))
+    db.downgrade(engine, "0008")
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
+    db.upgrade(engine)
+    assert _triggers(engine) == EXPECTED_TRIGGERS[engine.dialect.name]
     engine.dispose()
