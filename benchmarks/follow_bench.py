@@ -177,18 +177,24 @@ def preset_cursor(ledger: Any, next_block: int) -> None:
     ledger.release_follow_lease(FOLLOW_BLOCKS, lease.token)
 
 
-def tokens() -> tuple[Any, ...]:
+def tokens(trx: bool = False) -> tuple[Any, ...]:
     from decimal import Decimal
 
     from sweeper.config import TokenSettings
 
-    return (TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10")),)
+    usdt = TokenSettings(symbol="USDT", contract=USDT, decimals=6, min_sweep=Decimal("10"))
+    if not trx:
+        return (usdt,)
+    # Native TRX configured too: every block is also read whole (its TransferContracts).
+    return (usdt, TokenSettings(symbol="TRX", contract=None, decimals=6, min_sweep=Decimal("5")))
 
 
 class Setup:
     """A follower on a copy of a ledger, with its chain client."""
 
-    def __init__(self, db: Path, url: str, rps: float, args: argparse.Namespace) -> None:
+    def __init__(
+        self, db: Path, url: str, rps: float, args: argparse.Namespace, *, trx: bool = False
+    ) -> None:
         from sweeper.chain import TronChain
         from sweeper.follower import Follower
         from sweeper.ledger import Ledger, make_engine
@@ -200,9 +206,9 @@ class Setup:
         self.follower = Follower(
             self.ledger,
             self.chain,
-            tokens(),
+            tokens(trx),
             worker_id=HOLDER,
-            scanner=Scanner(self.ledger, self.chain, tokens()),
+            scanner=Scanner(self.ledger, self.chain, tokens(trx)),
             concurrency=args.concurrency,
             batch_blocks=args.batch_blocks,
         )
@@ -226,11 +232,18 @@ class Setup:
 
 
 async def catchup(
-    node: NodeProcess, template: Path, folder: Path, *, rps: float, blocks: int, args: argparse.Namespace
+    node: NodeProcess,
+    template: Path,
+    folder: Path,
+    *,
+    rps: float,
+    blocks: int,
+    args: argparse.Namespace,
+    trx: bool = False,
 ) -> dict[str, float]:
-    db = fresh_copy(template, folder, f"catchup-{rps:g}.db")
+    db = fresh_copy(template, folder, f"catchup-{rps:g}{'-trx' if trx else ''}.db")
     await node.acontrol("/bench/head", {"num": FIRST_BLOCK + blocks - 1})
-    setup = Setup(db, node.url, rps, args)
+    setup = Setup(db, node.url, rps, args, trx=trx)
     try:
         preset_cursor(setup.ledger, FIRST_BLOCK)
         await setup.chain.token_balance(addresses(1)[0], USDT)  # the ABI, fetched once: not timed
@@ -455,6 +468,21 @@ def catchup_rows(
          f"{unlimited['block_requests_per_block']:.3f} / {unlimited['requests_per_block']:.3f}", "", ""),
         (f"{label}: balance reads per watched deposit",
          f"{unlimited['reads_per_deposit']:.3f} ({unlimited['balance_reads']:.0f} / {unlimited['deposits']:.0f})", "", ""),
+    ]  # fmt: skip
+    # Issue 17: with [[tokens]] TRX configured, each block is also read whole (getblockbynum: its
+    # TransferContracts) before its transaction infos. What that costs, same node, same blocks.
+    with_trx = asyncio.run(
+        catchup(node, small, folder, rps=1e9, blocks=unlimited_blocks, args=args, trx=True)
+    )
+    label = f"catch-up {unlimited_blocks:,} blocks, no limit, TRX configured"
+    rows += [
+        (f"{label}: blocks/s", f"{with_trx['blocks_per_s']:.1f} (USDT only: {unlimited['blocks_per_s']:.1f})",
+         "", ""),
+        (f"{label}: block requests per block",
+         f"{with_trx['block_requests_per_block']:.3f} (USDT only: {unlimited['block_requests_per_block']:.3f})",
+         "", ""),
+        (f"{label}: client CPU per block",
+         f"{with_trx['cpu_ms_per_block']:.2f} ms (USDT only: {unlimited['cpu_ms_per_block']:.2f} ms)", "", ""),
     ]  # fmt: skip
     return rows
 

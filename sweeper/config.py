@@ -585,7 +585,9 @@ def load_settings(
                     continue
             elif typed["contract"] is None:
                 if item.get("contract", "") == "":  # else: not an address, reported already
-                    problems.add(f"tokens[{i}].contract", 'required key is missing (only symbol = "TRX" has none)')
+                    problems.add(
+                        f"tokens[{i}].contract", 'required key is missing (only symbol = "TRX" has none)'
+                    )
                 continue
             if any(v is None for k, v in typed.items() if k != "contract"):
                 continue

@@ -685,7 +685,7 @@ class Daemon:
             except Exception as exc:
                 log.error("reload refused; keeping the running config", error=f"{type(exc).__name__}: {exc}")
                 return
-            before = {t.contract: t.min_sweep_base_units for t in self.settings.tokens}
+            before = {t.asset_key: t.min_sweep_base_units for t in self.settings.tokens}
             self.settings = merged
             configure_logging(secrets=merged.secret_values())
             self.scanner.tokens = merged.tokens
@@ -695,7 +695,7 @@ class Daemon:
                 # Following only sees new deposits: balances already below the old threshold and at
                 # or above a lowered one (or of a new token) are found by a poll pass, run now.
                 if any(
-                    t.min_sweep_base_units < before.get(t.contract, t.min_sweep_base_units + 1)
+                    t.min_sweep_base_units < before.get(t.asset_key, t.min_sweep_base_units + 1)
                     for t in merged.tokens
                 ):
                     poll = asyncio.create_task(

@@ -39,6 +39,11 @@ DEMO_DEPOSITS = [
     ("0.000001", False),
 ]
 MIN_SWEEP = "10"
+# Native TRX too: a deposit beside the 10 USDT of address 3 (two sweeps of one address, one after
+# the other; the TRX one rides on the address's free daily bandwidth: the whole balance moves).
+TRX_DEPOSIT_INDEX = 3
+TRX_DEPOSIT = "3.5"
+TRX_MIN_SWEEP = "1"
 # After the first sweeps: a deposit only block following sees (the safety-net poll pass is daily).
 FOLLOW_DEPOSIT_INDEX = 1
 FOLLOW_DEPOSIT = "42"
@@ -80,6 +85,12 @@ async def _demo(out: TextIO) -> int:
             expected += units >= threshold
             note = "activated" if activated else "never activated"
             out.write(f"  deposit {amount:>9} USDT -> {address} ({note})\n")
+            if i == TRX_DEPOSIT_INDEX:
+                world.credit_trx(address, to_base_units(Decimal(TRX_DEPOSIT), 6))
+                expected += 1
+                out.write(
+                    f"  deposit {TRX_DEPOSIT:>9} TRX  -> {address} (native TRX, min_sweep {TRX_MIN_SWEEP})\n"
+                )
         out.write(f"destination wallet: {destination}; min_sweep = {MIN_SWEEP} USDT\n\n")
 
         port = _free_port()
@@ -94,6 +105,7 @@ async def _demo(out: TextIO) -> int:
             "[schedule]\nscan_interval_seconds = 5\nwork_interval_seconds = 1\n"
             '[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\n'
             f'decimals = 6\nmin_sweep = "{MIN_SWEEP}"\n'
+            f'[[tokens]]\nsymbol = "TRX"\ndecimals = 6\nmin_sweep = "{TRX_MIN_SWEEP}"\n'
         )
         environ = {
             "SWEEPER_PROVIDER_API_KEY": box.api_key,
@@ -131,6 +143,7 @@ async def _demo(out: TextIO) -> int:
                 out,
                 ledger,
                 world.token_balance(world.usdt_contract, destination),
+                world.account(destination).trx_sun,
                 len(box.provider.orders),
                 burnt,
             )
@@ -168,22 +181,28 @@ async def _watch(out: TextIO, ledger: Ledger, daemon: Daemon, expected: int, tty
     return False
 
 
-def _report(out: TextIO, ledger: Ledger, destination_balance: int, orders: int, burnt_sun: int) -> None:
+def _report(
+    out: TextIO, ledger: Ledger, destination_balance: int, destination_trx: int, orders: int, burnt_sun: int
+) -> None:
     out.write("\nledger (newest first):\n")
-    header = f"  {'id':>3}  {'state':<10} {'address':<34} {'amount':>12}  {'energy':>7}  txid"
+    header = f"  {'id':>3}  {'state':<10} {'address':<34} {'amount':>17}  {'energy':>9}  txid"
     out.write(header + "\n")
     for s in ledger.list_sweeps():
         cost = format_units(s.cost_sun, 6)
+        amount = f"{format_units(s.amount, 6)} {s.token}"
         out.write(
-            f"  {s.id:>3}  {s.state.value:<10} {s.address:<34} {format_units(s.amount, 6):>12}  "
-            f"{(cost + ' TRX') if cost else '-':>7}  {s.txid or '-'}\n"
+            f"  {s.id:>3}  {s.state.value:<10} {s.address:<34} {amount:>17}  "
+            f"{(cost + ' TRX') if cost else '-':>9}  {s.txid or '-'}\n"
         )
     stats = ledger.stats()
-    swept = format_units(stats.swept_by_token.get("USDT", 0), 6)
+    swept = ", ".join(
+        f"{format_units(v, 6)} {k}" for k, v in sorted(stats.swept_by_token.items(), reverse=True)
+    )
     out.write(
-        f"\nstats: swept {swept} USDT in {stats.by_state['confirmed']} sweeps; energy cost "
-        f"{format_units(stats.energy_cost_sun, 6)} TRX for {orders} provider orders; "
-        f"destination now holds {format_units(destination_balance, 6)} USDT\n"
+        f"\nstats: swept {swept or 'nothing'} in {stats.by_state['confirmed']} sweeps; energy cost "
+        f"{format_units(stats.energy_cost_sun, 6)} TRX for {orders} provider orders (none for TRX); "
+        f"destination now holds {format_units(destination_balance, 6)} USDT and "
+        f"{format_units(destination_trx, 6)} TRX\n"
     )
     out.write(
         f"TRX burnt by the sweep transfers: {format_units(burnt_sun, 6)} (rented energy and bandwidth paid for them)\n"

@@ -35,11 +35,12 @@ class SweepState(StrEnum):
 FINAL_STATES: Final = frozenset({SweepState.CONFIRMED, SweepState.FAILED, SweepState.CANCELLED})
 OPEN_STATES: Final = frozenset(s for s in SweepState if s not in FINAL_STATES)
 
+
 class AssetKind(StrEnum):
     """What a sweep moves: a TRC20 token (energy ordered, then `transfer`) or native TRX (a plain
     TransferContract, no energy order). Each kind has its own path through the states."""
 
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - an asset kind, not a secret
     TRX = "trx"
 
 

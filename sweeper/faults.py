@@ -36,6 +36,7 @@ CRASH_POINTS: Final = frozenset(
         "order-sent",  # pipeline: reservation + order_sent_at committed, the POST not sent
         "order-answered",  # pipeline: collect-manual answered with an order, not yet recorded
         "order-complete",  # pipeline: the order is complete and on chain, energy_ready not recorded
+        "trx-signed-unstored",  # pipeline: a TRX transfer is signed, not yet stored (nothing sent)
         "signed",  # pipeline: the signed transfer is committed, not yet broadcast
         "broadcast-answered",  # pipeline: the node accepted the bytes, `broadcast` not recorded
         "confirm-read",  # pipeline: the solidified receipt says SUCCESS, `confirmed` not recorded

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -38,7 +38,7 @@ import structlog
 from sweeper.chain.errors import ChainResponseError
 from sweeper.chain.models import BlockRef, TokenTransfer
 from sweeper.chain.transfers import deposits_in_block, hex20, token_keys
-from sweeper.config import TokenSettings
+from sweeper.config import TRX_SYMBOL, TokenSettings
 from sweeper.errors import StartupError
 from sweeper.faults import crash_point
 from sweeper.ledger import Ledger
@@ -342,11 +342,14 @@ class Follower:
         """Transaction infos of blocks [first, end), at most `concurrency` requests in flight; the
         batch ends before the first block whose `[]` the node cannot vouch for."""
         semaphore = asyncio.Semaphore(self.concurrency)
-        tokens = token_keys(t.contract for t in self.tokens)
+        tokens = token_keys(t.contract for t in self.tokens if t.contract is not None)
+        follow_trx = any(t.is_trx for t in self.tokens)
         watched = self._watched
 
         async def read(number: int) -> list[TokenTransfer] | None:
             async with semaphore:
+                if follow_trx:
+                    return await read_with_block(number)
                 infos = await self.chain.solid_transaction_infos(number)
                 if not infos:
                     try:
@@ -356,6 +359,26 @@ class Follower:
                         return None  # the node does not have this block solidified
                     return []
                 return deposits_in_block(infos, tokens, watched)
+
+        async def read_with_block(number: int) -> list[TokenTransfer] | None:
+            # TRX configured: the block itself first (its TransferContracts; ONE request), then its
+            # transaction infos only when it has transactions and a token is configured. The count
+            # vouches for an empty answer as before.
+            try:
+                count, trx = await self.chain.solid_block_trx_transfers(number)
+            except ChainResponseError:
+                return None  # the node does not have this block solidified
+            found = [
+                replace(t, token=TRX_SYMBOL)  # keyed like a token's contract from here on
+                for t in trx
+                if hex20(t.recipient) in watched
+            ]
+            if count == 0 or not tokens:
+                return found
+            infos = await self.chain.solid_transaction_infos(number)
+            if not infos:
+                return None  # this backend cannot serve its infos (yet): never skip it
+            return found + deposits_in_block(infos, tokens, watched)
 
         results = await asyncio.gather(*(read(n) for n in range(first, end)))
         batch = _Batch(first, end)
@@ -379,9 +402,10 @@ class Follower:
         self.status.deposits_seen += len(deposits)
         by_token: dict[str, set[str]] = {}
         for block, deposit in deposits:
-            if block <= self._read_at.get((deposit.recipient, deposit.token), -1):
+            key = deposit.token or TRX_SYMBOL
+            if block <= self._read_at.get((deposit.recipient, key), -1):
                 continue
-            by_token.setdefault(deposit.token, set()).add(deposit.recipient)
+            by_token.setdefault(key, set()).add(deposit.recipient)
         await self._check(by_token)
 
     async def _check(
@@ -395,7 +419,7 @@ class Follower:
         pair with an open sweep, a hold or a cooldown is not read now but remembered (`_recheck`)."""
         semaphore = asyncio.Semaphore(self.concurrency)
         for token in self.tokens:
-            recipients = sorted(by_token.get(token.contract, ()))
+            recipients = sorted(by_token.get(token.asset_key, ()))
             for start in range(0, len(recipients), IN_LIST_CHUNK):
                 chunk = set(recipients[start : start + IN_LIST_CHUNK])
                 await self._check_chunk(token, chunk, semaphore, alert_held=alert_held, reason=reason)
@@ -411,7 +435,7 @@ class Follower:
     ) -> None:
         open_already = await asyncio.to_thread(self.ledger.with_open_sweep, token.symbol, recipients)
         blocked = await asyncio.to_thread(self.ledger.blocked, token.symbol, recipients)
-        self._recheck.update((address, token.contract) for address in open_already | blocked)
+        self._recheck.update((address, token.asset_key) for address in open_already | blocked)
         for address in sorted(blocked - open_already) if alert_held else ():
             hold = await asyncio.to_thread(self.ledger.active_hold, address, token.symbol)
             if hold is not None:
@@ -431,7 +455,10 @@ class Follower:
             # to cover blocks its read may have missed.
             covered = self._head_before_reads
             async with semaphore:
-                amount = await self.chain.token_balance(address, token.contract)
+                if token.contract is None:
+                    amount = await self.chain.trx_balance(address)
+                else:
+                    amount = await self.chain.token_balance(address, token.contract)
             if amount >= token.min_sweep_base_units:
                 sweep_id = await asyncio.to_thread(
                     self.ledger.queue_sweep, address, token.symbol, token.contract, amount, reason=reason
@@ -440,7 +467,7 @@ class Follower:
                 sweep_id = None
             # Only once the decision is recorded: a queue_sweep that failed (the database away)
             # must leave the pair unread, or the batch read again would skip its deposit.
-            self._read_at[(address, token.contract)] = covered
+            self._read_at[(address, token.asset_key)] = covered
             if sweep_id is not None:
                 self.status.queued += 1
                 log.info(
@@ -483,7 +510,7 @@ class Follower:
                 addresses=len(added),
             )
             await self._check(
-                {t.contract: added for t in self.tokens},
+                {t.asset_key: added for t in self.tokens},
                 alert_held=False,
                 reason="a deposit address added while following; balance at or above min_sweep",
             )
@@ -506,7 +533,7 @@ class Follower:
                 added = {address for _, address in page}
                 log.info("new deposit addresses: their balances are read once", addresses=len(added))
                 await self._check(
-                    {t.contract: added for t in self.tokens},
+                    {t.asset_key: added for t in self.tokens},
                     alert_held=False,
                     reason="a deposit address added while following; balance at or above min_sweep",
                 )

@@ -48,8 +48,14 @@ class Metrics:
         self.sweeps = Gauge("sweeper_sweeps", "Sweeps in the ledger, by state", ["state"], registry=r)
         self.swept_base_units = Gauge(
             "sweeper_swept_base_units_total",
-            "Token base units moved by confirmed sweeps (from the ledger)",
+            "Base units moved by confirmed sweeps, per token (sun for TRX; from the ledger)",
             ["token"],
+            registry=r,
+        )
+        self.fee_burnt_sun = Gauge(
+            "sweeper_fee_burnt_sun_total",
+            "TRX burnt by the sweeps' own transactions (bandwidth, energy, new accounts), in sun "
+            "(from the ledger)",
             registry=r,
         )
         self.energy_spend_sun = Gauge(
@@ -170,6 +176,7 @@ class Metrics:
         for token, total in stats.swept_by_token.items():
             self.swept_base_units.labels(token=token).set(total)
         self.energy_spend_sun.set(stats.energy_cost_sun)
+        self.fee_burnt_sun.set(stats.fee_burnt_sun)
         self.deposit_addresses.set(stats.addresses)
         self.held_addresses.set(stats.held)
         self.spent_today_sun.set(stats.spent_today_sun)

@@ -53,11 +53,11 @@ from sweeper.chain import (
     UnsafeTransaction,
 )
 from sweeper.config import Settings, TokenSettings
-from sweeper.domain import Clock, IllegalTransition, SweepState, format_units, utcnow
+from sweeper.domain import AssetKind, Clock, IllegalTransition, SweepState, format_units, utcnow
 from sweeper.errors import KeySourceError, ProviderError
 from sweeper.faults import crash_point
 from sweeper.keys import Keys
-from sweeper.ledger import ORDERING_PAUSE, Ledger, SweepRecord, token_pause_name, utc_day
+from sweeper.ledger import ORDERING_PAUSE, AddressBusy, Ledger, SweepRecord, token_pause_name, utc_day
 from sweeper.protocols import EnergyProvider, SweepChain
 from sweeper.provider.errors import (
     InsufficientProviderBalance,
@@ -159,6 +159,13 @@ class _LostClaim(Exception):
     """Another worker holds the row now (our lease ran out): stop touching it."""
 
 
+def _contract(row: SweepRecord) -> str:
+    """A token sweep's contract (the energy-ordering path never sees a TRX row)."""
+    if row.token_contract is None:
+        raise AssertionError(f"sweep {row.id} is a TRX sweep on the token path")
+    return row.token_contract
+
+
 class Pipeline:
     def __init__(
         self,
@@ -246,13 +253,16 @@ class Pipeline:
         if self.dry_run:
             return await self._dry_run_once()
         states: Sequence[SweepState] = WORK_STATES
+        # Which kinds' queued rows may start: a TRX sweep orders no energy, so a pause of energy
+        # ordering does not stop it.
+        starting: tuple[AssetKind, ...] = tuple(AssetKind)
         paused = await asyncio.to_thread(self.ledger.pause, ORDERING_PAUSE)
         self.ordering_paused_reason = paused.reason if paused is not None else None
         if paused is not None:
-            states = [s for s in WORK_STATES if s is not S.QUEUED]
+            starting = (AssetKind.TRX,)
         if self.ordering_paused_until is not None:
             if self.now() < self.ordering_paused_until:
-                states = [s for s in WORK_STATES if s is not S.QUEUED]
+                starting = (AssetKind.TRX,)
             else:
                 self.ordering_paused_until = None
                 log.info("energy ordering resumed")
@@ -262,6 +272,7 @@ class Pipeline:
             states,
             limit=self.options.concurrency,
             lease_seconds=self.options.lease_seconds,
+            queued_kinds=starting,
         )
         if rows:
             crash_point("claimed")
@@ -339,6 +350,8 @@ class Pipeline:
 
     async def _step(self, row: SweepRecord) -> Step:
         match row.state:
+            case S.QUEUED if row.is_trx:
+                return await self._trx_queued(row)
             case S.ORDERING:
                 return await self._ordering(row)
             case S.ENERGY_ORDERED:
@@ -374,6 +387,7 @@ class Pipeline:
         release: bool = False,
         hold: bool = False,
         cooldown: bool = False,
+        exclusive: bool = False,
     ) -> Step:
         if row.state is S.ORDERING and target is not S.ENERGY_ORDERED:
             # Leaving `ordering` without an order of ours: whatever was reserved against the day's
@@ -392,6 +406,7 @@ class Pipeline:
                 release=release,
                 hold=hold,
                 cooldown=cooldown,
+                exclusive=exclusive,
             )
         except IllegalTransition:
             raise _LostClaim from None
@@ -507,7 +522,7 @@ class Pipeline:
             return await self._move(row, S.CANCELLED, "the deposit address is the destination wallet")
         token = self._token(row)
         try:
-            balance = await self.chain.token_balance(row.address, row.token_contract)
+            balance = await self.chain.token_balance(row.address, _contract(row))
         except ChainError as exc:
             return await self._back_to_queue(row, f"balance re-check failed: {exc}", count=True)
         minimum = token.min_sweep_base_units if token else 1
@@ -539,7 +554,7 @@ class Pipeline:
                 )
         try:
             sim = await self.chain.simulate_transfer(
-                row.address, self.options.destination, balance, token=row.token_contract
+                row.address, self.options.destination, balance, token=_contract(row)
             )
         except ChainError as exc:  # node errors and timeouts back off; they never hold
             return await self._node_error(row, f"transfer simulation failed: {exc}")
@@ -559,9 +574,7 @@ class Pipeline:
         # 4. Would collect-manual deliver enough? (It decides 65k/131k by whether the destination
         # holds the token; index-data's figures, when present, must agree.)
         try:
-            destination_holds = (
-                await self.chain.token_balance(self.options.destination, row.token_contract) > 0
-            )
+            destination_holds = await self.chain.token_balance(self.options.destination, _contract(row)) > 0
             energy_fee = await self.chain.energy_fee()
         except ChainError as exc:
             return await self._node_error(row, f"chain read before ordering failed: {exc}", changes=passed)
@@ -592,7 +605,7 @@ class Pipeline:
         # 5. The energy (and the bandwidth) may already be there: then nothing is bought.
         try:
             check = await self.chain.check_resources(
-                row.address, self.options.destination, row.token_contract, energy_needed=need
+                row.address, self.options.destination, _contract(row), energy_needed=need
             )
         except ChainError as exc:
             return await self._node_error(row, f"resource check failed: {exc}", changes=passed)
@@ -790,7 +803,7 @@ class Pipeline:
         `revert_hold_seconds`; pause the whole token when its transfers revert everywhere."""
         what = f"the simulated transfer reverts ({sim.message or 'no reason given'})"
         try:
-            frozen = await self.chain.is_blacklisted(row.address, token=row.token_contract)
+            frozen = await self.chain.is_blacklisted(row.address, token=_contract(row))
         except ChainResponseError:
             frozen = False  # the token has no freeze list (no isBlackListed): not frozen by it
         except ChainError as exc:
@@ -1051,7 +1064,7 @@ class Pipeline:
             return row.energy_needed
         amount = row.amount if row.amount > 0 else row.observed_amount
         sim = await self.chain.simulate_transfer(
-            row.address, self.options.destination, amount, token=row.token_contract
+            row.address, self.options.destination, amount, token=_contract(row)
         )
         return None if sim.reverted else sim.energy_used
 
@@ -1095,7 +1108,7 @@ class Pipeline:
             if need is None:
                 return await self._fail(row, "the transfer now reverts in simulation", paid=True)
             check = await self.chain.check_resources(
-                row.address, self.options.destination, row.token_contract, energy_needed=need
+                row.address, self.options.destination, _contract(row), energy_needed=need
             )
             if not check.ok and check.energy_available < need:
                 # The need stored when ordering may be stale: measured while the destination held
@@ -1106,7 +1119,7 @@ class Pipeline:
                 if now_need is not None and now_need < need:
                     need = now_need
                     check = await self.chain.check_resources(
-                        row.address, self.options.destination, row.token_contract, energy_needed=need
+                        row.address, self.options.destination, _contract(row), energy_needed=need
                     )
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
@@ -1142,7 +1155,7 @@ class Pipeline:
     # --- energy ready: simulate again, build, verify, sign, store ----------------------
 
     async def _energy_ready(self, row: SweepRecord) -> Step:
-        token = row.token_contract
+        token = _contract(row)
         if row.send_attempts > self.options.max_attempts:
             return await self._fail(
                 row,
@@ -1236,6 +1249,81 @@ class Pipeline:
             },
         )
 
+    # --- TRX: no energy; the fee is worked out and the transfer signed in one step ----
+
+    async def _trx_queued(self, row: SweepRecord) -> Step:
+        """A TRX sweep: read the balance and the bandwidth, work out the exact fee, sign the whole
+        balance less that fee, and store it (`signed`) under the address lock: one sweep of an
+        address at a time, so no other sweep spends the bandwidth this one counted on."""
+        token = self._token(row)
+        if token is None:
+            return await self._move(row, S.CANCELLED, f"{row.token} is no longer configured in [[tokens]]")
+        if row.send_attempts > self.options.max_attempts:
+            # Nothing was ever burnt by a rejected or expired TRX transfer: a cool-down, no hold.
+            return await self._fail(
+                row,
+                f"gave up after {row.send_attempts} rebuilds / rejected broadcasts "
+                f"(pipeline.max_attempts = {self.options.max_attempts}): {row.last_error}",
+                paid=False,
+            )
+        try:
+            sweep = await self.chain.build_trx_sweep(row.address, self.options.destination)
+        except ChainError as exc:
+            return await self._retry_later(row, f"reading the TRX balance and bandwidth failed: {exc}")
+        plan = sweep.plan
+        if sweep.unsigned is None or plan.amount_sun < token.min_sweep_base_units:
+            # Left alone, with a cool-down (doubling, up to a day) so the next pass does not queue
+            # it again at once; a later deposit that lifts it over the line is swept then.
+            return await self._move(
+                row,
+                S.CANCELLED,
+                f"{self._units(row, plan.balance_sun)} TRX less a fee of {self._units(row, plan.fee_sun)} "
+                f"({plan.paid_by}) is below min_sweep {token.min_sweep}: left alone",
+                data={"balance_sun": plan.balance_sun, "fee_sun": plan.fee_sun},
+                cooldown=True,
+            )
+        try:
+            key = await asyncio.to_thread(self.keys.key_for, row.address)
+            signed = self.chain.sign_transfer(sweep.unsigned, key)
+        except UnsafeTransaction as exc:
+            log.error(
+                "ALERT: an unsafe TRX transfer was built; nothing signed", sweep_id=row.id, error=str(exc)
+            )
+            return await self._retry_later(row, f"unsafe transaction refused: {exc}", count=True)
+        except KeySourceError as exc:
+            return await self._fail(row, f"no usable key: {exc}", paid=False)
+        except TransactionExpired as exc:
+            return await self._retry_later(row, f"building the transfer failed: {exc}")
+        crash_point("trx-signed-unstored")
+        fee = f"fee {self._units(row, plan.fee_sun)} TRX ({plan.paid_by}, {plan.bandwidth_bytes} bytes)"
+        try:
+            # Stored BEFORE broadcasting: a crash after this line re-broadcasts these exact bytes.
+            return await self._move(
+                row,
+                S.SIGNED,
+                f"transfer of {self._units(row, plan.amount_sun)} TRX to {self.options.destination} "
+                f"signed, {fee}: {signed.txid}",
+                changes={
+                    "txid": signed.txid,
+                    "signed_tx": signed.to_json(),
+                    "expiration": signed.expires_at,
+                    "amount": plan.amount_sun,
+                    "destination": self.options.destination,
+                    "last_error": None,
+                },
+                data={
+                    "balance_sun": plan.balance_sun,
+                    "fee_sun": plan.fee_sun,
+                    "bandwidth": plan.paid_by,
+                    "bytes": plan.bandwidth_bytes,
+                    "left_sun": plan.left_sun,
+                },
+                exclusive=True,
+            )
+        except AddressBusy as exc:
+            await self._release(row, self.options.poll_max_seconds, str(exc)[:1000])
+            return Step.WAIT
+
     # --- signed: broadcast the stored bytes -------------------------------------------
 
     async def _signed(self, row: SweepRecord) -> Step:
@@ -1251,10 +1339,21 @@ class Pipeline:
             wait = (row.expiration - self.host_now()).total_seconds() + self.options.poll_min_seconds
             await self._release(row, max(self.options.poll_min_seconds, wait))
             return Step.WAIT
+        if row.token_contract is not None:  # a token transfer: its energy and bandwidth must be there
+            step = await self._resources_before_broadcast(row, signed, row.token_contract)
+            if step is not None:
+                return step
+        crash_point("signed")
+        return await self._broadcast_signed(row, signed)
+
+    async def _resources_before_broadcast(
+        self, row: SweepRecord, signed: SignedTransfer, token: str
+    ) -> Step | None:
+        """None when the token transfer's energy and bandwidth are on the address; else the step."""
         try:
             need = await self._need(row)
             check = await self.chain.check_resources(
-                row.address, signed.destination, row.token_contract, energy_needed=need or 0
+                row.address, signed.destination, token, energy_needed=need or 0
             )
         except ChainError as exc:
             return await self._retry_later(row, f"resource check failed: {exc}")
@@ -1274,7 +1373,10 @@ class Pipeline:
                 row, self.options.poll_min_seconds, "resources missing: " + "; ".join(check.reasons)
             )
             return Step.WAIT
-        crash_point("signed")
+        return None
+
+    async def _broadcast_signed(self, row: SweepRecord, signed: SignedTransfer) -> Step:
+        assert row.expiration is not None
         try:
             result = await self.chain.broadcast(signed)
         except BroadcastRejected as exc:
@@ -1357,10 +1459,11 @@ class Pipeline:
 
     async def _expired(self, row: SweepRecord, what: str) -> Step:
         """Rebuild: a new transaction, counted against pipeline.max_attempts (energy_ready fails the
-        row, held, once they are used up; a signed row itself never fails while its bytes could land)."""
+        row, held, once they are used up; a signed row itself never fails while its bytes could land).
+        A TRX sweep goes back to `queued`, where its fee is worked out again."""
         return await self._move(
             row,
-            S.ENERGY_READY,
+            S.QUEUED if row.is_trx else S.ENERGY_READY,
             f"{what}: rebuild",
             changes={
                 "txid": None,
@@ -1392,6 +1495,7 @@ class Pipeline:
                 row,
                 f"transaction {row.txid} failed on chain: {status.reason}",
                 paid=True,
+                changes={"fee_sun": status.fee_sun},
                 data={"fee_sun": status.fee_sun},
             )
         moved = sum(
@@ -1409,7 +1513,7 @@ class Pipeline:
             row,
             S.CONFIRMED,
             f"confirmed in block {status.block_number}: {self._units(row, moved)} {row.token} moved",
-            changes={"amount": moved},
+            changes={"amount": moved, "fee_sun": status.fee_sun},
             data={"block": status.block_number, "fee_sun": status.fee_sun, "energy_used": status.energy_used},
         )
 

@@ -16,7 +16,9 @@ from sweeper.chain.models import (
     ResourceCheck,
     SignedTransfer,
     Simulation,
+    TokenTransfer,
     TransferStatus,
+    TrxSweep,
     UnsignedTransfer,
 )
 from sweeper.keys import SigningKey
@@ -24,9 +26,12 @@ from sweeper.provider.models import CollectOrder, IndexData, Order, OrderNotFoun
 
 
 class BalanceSource(Protocol):
-    """What a scan pass reads: one holder's balance of one token, in base units."""
+    """What a scan pass reads: one holder's balance of one token, in base units; or of native TRX,
+    in sun (`trx_balance`: 0 for an account that does not exist)."""
 
     async def token_balance(self, holder: str, token: str) -> int: ...
+
+    async def trx_balance(self, address: str) -> int: ...
 
 
 class BlockSource(BalanceSource, Protocol):
@@ -43,6 +48,11 @@ class BlockSource(BalanceSource, Protocol):
     async def solid_block_transaction_count(self, block_number: int) -> int: ...
 
     async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]: ...
+
+    async def solid_block_trx_transfers(self, block_number: int) -> tuple[int, list[TokenTransfer]]:
+        """ONE `getblockbynum` request: the block's transaction count (the same checks and errors as
+        `solid_block_transaction_count`) and its successful TRX TransferContract transfers (token None)."""
+        ...
 
 
 class SweepChain(BalanceSource, Protocol):
@@ -74,7 +84,14 @@ class SweepChain(BalanceSource, Protocol):
 
     async def transaction_known(self, txid: str) -> bool: ...
 
-    async def transaction_status(self, txid: str, *, expiration_ms: int, token: str) -> TransferStatus: ...
+    async def build_trx_sweep(self, owner: str, destination: str) -> TrxSweep:
+        """Plan a native TRX sweep of the whole balance and build its TransferContract, verified and
+        unsigned (`unsigned` None when nothing can be sent). Sign it with `sign_transfer`."""
+        ...
+
+    async def transaction_status(
+        self, txid: str, *, expiration_ms: int, token: str | None
+    ) -> TransferStatus: ...
 
 
 class EnergyProvider(Protocol):

@@ -158,7 +158,10 @@ class Scanner:
             reads += 1
             async with semaphore:
                 try:
-                    amount = await self.chain.token_balance(address, token.contract)
+                    if token.contract is None:  # native TRX: one `getaccount` per address
+                        amount = await self.chain.trx_balance(address)
+                    else:
+                        amount = await self.chain.token_balance(address, token.contract)
                 except Exception as exc:  # the chain client already retried
                     failures.append(f"{address} {token.symbol}: balance unreadable: {exc}")
                     return

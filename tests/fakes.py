@@ -45,7 +45,9 @@ from sweeper.chain import (
 from sweeper.chain import (
     BroadcastResult as BroadcastResult,
 )
+from sweeper.chain.models import TrxSweep
 from sweeper.chain.transfers import sign_transfer
+from sweeper.chain.trx import bandwidth_bytes, plan_trx_sweep, transfer_raw_data
 from sweeper.domain import address_to_hex
 from sweeper.keys import SigningKey
 from sweeper.protocols import BlockSource, EnergyProvider, SweepChain
@@ -71,6 +73,12 @@ ENERGY_FEE_SUN = 100  # sun per energy unit (mainnet's getEnergyFee)
 ENERGY_TO_HOLDER = 64_285  # a USDT transfer to an address that already holds USDT
 ENERGY_TO_NEW_HOLDER = 130_285  # … to one that holds none
 LIFETIME_MS = 60_000
+# Native TRX (mainnet's chain parameters): getTransactionFee, getCreateAccountFee,
+# getCreateNewAccountFeeInSystemContract, getFreeNetLimit.
+TRX_FEE_PER_BYTE = 1_000
+CREATE_ACCOUNT_FEE_SUN = 100_000
+CREATE_NEW_ACCOUNT_FEE_IN_SYSTEM_CONTRACT_SUN = 1_000_000
+FREE_NET_LIMIT = 600
 
 
 class Crash(BaseException):
@@ -130,6 +138,10 @@ class FakeChain(_Faults):
     auto_confirm: bool = True  # a broadcast transaction is in the next solid block at once
     txs: dict[str, FakeTx] = field(default_factory=dict)
     block_number: int = 1_000
+    # Native TRX: balances in sun, and the free bandwidth used today (`bandwidth` above is the
+    # staked/delegated bandwidth, which a TRX transfer uses first, as java-tron does).
+    trx: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    free_bandwidth_used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def __post_init__(self) -> None:
         _Faults.__init__(self)
@@ -150,15 +162,51 @@ class FakeChain(_Faults):
     def reclaim(self, address: str) -> None:
         self.energy[address] = 0
 
+    def credit_trx(self, address: str, sun: int) -> None:
+        """TRX arriving; receiving TRX creates (activates) the account, as on chain."""
+        self.activated.add(address)
+        self.trx[address] += sun
+
+    def use_free_bandwidth(self, address: str, amount: int = FREE_NET_LIMIT) -> None:
+        """Spend `amount` bytes of the address's daily free bandwidth (all of it by default)."""
+        self.free_bandwidth_used[address] += amount
+
+    def stake_bandwidth(self, address: str, amount: int) -> None:
+        """Staked/delegated bandwidth on the address (without delegating any energy)."""
+        self.bandwidth[address] += amount
+
+    def _trx_charge(self, signed: SignedTransfer) -> tuple[int, int, int, int] | None:
+        """What java-tron takes for a TRX transfer now (sweeper.chain.trx's rules): (fee sun burnt
+        beyond the amount, staked bytes, free bytes, bytes); None when the balance cannot pay."""
+        size = bandwidth_bytes(signed.raw_data)
+        owner, balance = signed.owner, self.trx[signed.owner]
+        exists = signed.destination in self.activated
+        staked = self.bandwidth[owner] >= size
+        if not exists:
+            fee = CREATE_NEW_ACCOUNT_FEE_IN_SYSTEM_CONTRACT_SUN + (0 if staked else CREATE_ACCOUNT_FEE_SUN)
+            used = (size, 0) if staked else (0, 0)
+        elif staked:
+            fee, used = 0, (size, 0)
+        elif FREE_NET_LIMIT - self.free_bandwidth_used[owner] >= size:
+            fee, used = 0, (0, size)
+        else:
+            fee, used = size * TRX_FEE_PER_BYTE, (0, 0)
+        if owner not in self.activated or balance < signed.amount + fee:
+            return None
+        return fee, used[0], used[1], size
+
     def head_ms(self) -> int:
         return int((self.clock() + timedelta(seconds=self.head_offset_seconds)).timestamp() * 1000)
 
     def confirm(self, txid: str, *, success: bool = True) -> None:
         """Include a pending transaction in a solidified block."""
         tx = self.txs[txid]
+        signed = tx.signed
+        if signed.token is None:
+            self._confirm_trx(tx)
+            return
         self.block_number += 1
         tx.block = self.block_number
-        signed = tx.signed
         need = self._need(signed.owner, signed.destination, signed.token)
         if self.energy[signed.owner] < need:
             tx.burnt_sun = (need - self.energy[signed.owner]) * ENERGY_FEE_SUN
@@ -174,6 +222,25 @@ class FakeChain(_Faults):
         self.credit(signed.token, signed.destination, signed.amount)
         tx.state = TxState.CONFIRMED
 
+    def _confirm_trx(self, tx: FakeTx) -> None:
+        """A TRX transfer included: the fees and the amount leave the owner, the destination is
+        created and credited. One the owner can no longer pay is dropped, never included (a
+        TransferContract cannot fail in a block): its status turns EXPIRED in time."""
+        signed = tx.signed
+        charge = self._trx_charge(signed)
+        if charge is None:
+            del self.txs[signed.txid]
+            return
+        fee, staked, free, _ = charge
+        self.block_number += 1
+        tx.block = self.block_number
+        self.bandwidth[signed.owner] -= staked
+        self.free_bandwidth_used[signed.owner] += free
+        self.trx[signed.owner] -= signed.amount + fee
+        self.credit_trx(signed.destination, signed.amount)
+        tx.burnt_sun = fee
+        tx.state = TxState.CONFIRMED
+
     def transfers_from(self, owner: str) -> list[FakeTx]:
         return [tx for tx in self.txs.values() if tx.signed.owner == owner]
 
@@ -186,6 +253,10 @@ class FakeChain(_Faults):
     async def token_balance(self, holder: str, token: str) -> int:
         self._enter("token_balance")
         return self.balances[token].get(holder, 0)
+
+    async def trx_balance(self, address: str) -> int:
+        self._enter("trx_balance")
+        return self.trx[address]
 
     async def simulate_transfer(self, owner: str, destination: str, amount: int, *, token: str) -> Simulation:
         self._enter("simulate_transfer")
@@ -274,6 +345,45 @@ class FakeChain(_Faults):
             expiration_ms=head + LIFETIME_MS,
         )
 
+    async def build_trx_sweep(self, owner: str, destination: str) -> TrxSweep:
+        """The real plan (`sweeper.chain.trx.plan_trx_sweep`) on this chain's state, and the real
+        TransferContract raw_data (`transfer_raw_data`), stamped from the head like build_transfer."""
+        self._enter("build_trx_sweep")
+        head = self.head_ms()
+        ref_hash = hashlib.sha256(str(self.block_number).encode()).hexdigest()
+        ref = BlockRef(self.block_number, f"{self.block_number:016x}" + ref_hash[16:], head)
+
+        def raw_for(amount: int) -> dict[str, Any]:
+            return transfer_raw_data(
+                owner, destination, amount, ref_block=ref, timestamp_ms=head, expiration_ms=head + LIFETIME_MS
+            )
+
+        exists = owner in self.activated
+        plan = plan_trx_sweep(
+            self.trx[owner] if exists else 0,
+            bytes_for=lambda amount: bandwidth_bytes(raw_for(amount)),
+            net_available=self.bandwidth[owner],
+            free_net_available=max(0, FREE_NET_LIMIT - self.free_bandwidth_used[owner]) if exists else 0,
+            destination_exists=destination in self.activated,
+            fee_per_byte=TRX_FEE_PER_BYTE,
+            create_account_fee=CREATE_ACCOUNT_FEE_SUN,
+            create_new_account_fee_in_system_contract=CREATE_NEW_ACCOUNT_FEE_IN_SYSTEM_CONTRACT_SUN,
+        )
+        if plan.amount_sun <= 0:
+            return TrxSweep(plan, None)
+        raw_data = raw_for(plan.amount_sun)
+        unsigned = UnsignedTransfer(
+            txid=str(calculate_txid_from_raw_data(raw_data)),
+            raw_data=raw_data,
+            owner=owner,
+            destination=destination,
+            token=None,
+            amount=plan.amount_sun,
+            fee_limit_sun=0,
+            expiration_ms=head + LIFETIME_MS,
+        )
+        return TrxSweep(plan, unsigned)
+
     def sign_transfer(self, unsigned: UnsignedTransfer, key: SigningKey) -> SignedTransfer:
         self._enter("sign_transfer")
         return sign_transfer(unsigned, key)  # the real signing, checks included
@@ -286,6 +396,13 @@ class FakeChain(_Faults):
             return BroadcastResult(checked.txid, BroadcastOutcome.ALREADY_KNOWN)
         if checked.expiration_ms <= self.head_ms():
             raise BroadcastRejected("TRANSACTION_EXPIRATION_ERROR", "transaction expired")
+        if checked.token is None and self._trx_charge(checked) is None:
+            # What the sandbox node (java-tron's TransferActuator) answers; a bandwidth burn the
+            # balance cannot pay would be BANDWITH_ERROR there, which this fake does not tell apart.
+            raise BroadcastRejected(
+                "CONTRACT_VALIDATE_ERROR",
+                "Contract validate error : Validate TransferContract error, balance is not sufficient.",
+            )
         self.txs[checked.txid] = FakeTx(checked)
         if self.auto_confirm:
             self.confirm(checked.txid)
@@ -295,7 +412,7 @@ class FakeChain(_Faults):
         self._enter("transaction_known")
         return txid in self.txs
 
-    async def transaction_status(self, txid: str, *, expiration_ms: int, token: str) -> TransferStatus:
+    async def transaction_status(self, txid: str, *, expiration_ms: int, token: str | None) -> TransferStatus:
         self._enter("transaction_status")
         tx = self.txs.get(txid)
         if tx is None or tx.state is TxState.PENDING:
@@ -485,6 +602,7 @@ class FakeBlock:
     number: int
     infos: list[dict[str, Any]] = field(default_factory=list)
     transactions: int = 0  # what getblockbynum shows (a block without Transfer logs may still have some)
+    trx: list[TokenTransfer] = field(default_factory=list)  # its successful TRX TransferContracts
 
 
 @dataclass
@@ -502,6 +620,8 @@ class FakeBlocks(_Faults):
     unserved: dict[int, int] = field(default_factory=dict)
     no_infos: bool = False
     balance_reads: list[tuple[str, str]] = field(default_factory=list)
+    trx_balances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    trx_balance_reads: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _Faults.__init__(self)
@@ -537,6 +657,21 @@ class FakeBlocks(_Faults):
             if not failed:
                 self.balances[token][sender] = self.balances[token].get(sender, 0) - amount
                 self.balances[token][recipient] = self.balances[token].get(recipient, 0) + amount
+        return self.solid
+
+    def mine_trx(self, *transfers: tuple[str, str, int]) -> int:
+        """A new solidified block holding these (sender, recipient, sun) TRX transfers, one
+        transaction each (no logs; an info whose receipt has no result, as java-tron's); balances
+        move (the sender's fee is not modelled here)."""
+        self.solid += 1
+        block = self.blocks.setdefault(self.solid, FakeBlock(self.solid))
+        for sender, recipient, amount in transfers:
+            txid = hashlib.sha256(f"trx-{self.solid}-{block.transactions}".encode()).hexdigest()
+            block.infos.append({"id": txid, "blockNumber": self.solid, "receipt": {"net_usage": 267}})
+            block.trx.append(TokenTransfer(txid, None, sender, recipient, amount, 0))
+            block.transactions += 1
+            self.trx_balances[sender] -= amount
+            self.trx_balances[recipient] += amount
         return self.solid
 
     def mine_empty(self, count: int = 1, *, transactions: int = 0) -> int:
@@ -577,6 +712,18 @@ class FakeBlocks(_Faults):
         self._enter("token_balance")
         self.balance_reads.append((holder, token))
         return max(0, self.balances[token].get(holder, 0))
+
+    async def solid_block_trx_transfers(self, block_number: int) -> tuple[int, list[TokenTransfer]]:
+        self._enter("solid_block_trx_transfers")
+        if block_number > self.solid:
+            raise ChainResponseError(f"block {block_number} is not solidified")
+        block = self.blocks.get(block_number)
+        return (block.transactions, list(block.trx)) if block else (0, [])
+
+    async def trx_balance(self, address: str) -> int:
+        self._enter("trx_balance")
+        self.trx_balance_reads.append(address)
+        return max(0, self.trx_balances[address])
 
 
 def _conforms(

@@ -109,7 +109,9 @@ def _postgres_function() -> str:
 
 def _sqlite_insert_trigger() -> str:
     arms = " ".join(
-        f"WHEN '{t}' THEN RAISE(ABORT, '{_message('(none)', t, 'new')}')" for t in STATES if t not in TOKEN[None]
+        f"WHEN '{t}' THEN RAISE(ABORT, '{_message('(none)', t, 'new')}')"
+        for t in STATES
+        if t not in TOKEN[None]
     )
     return (
         f"CREATE TRIGGER {INSERT_TRIGGER} BEFORE INSERT ON sweeps FOR EACH ROW "
@@ -184,7 +186,9 @@ def _refuse_trx_rows() -> None:
 
 def _m0007() -> Any:
     """Migration 0007's module: its frozen token-only trigger, put back by the downgrade."""
-    spec = importlib.util.spec_from_file_location("m0007", Path(__file__).with_name("0007_transition_trigger.py"))
+    spec = importlib.util.spec_from_file_location(
+        "m0007", Path(__file__).with_name("0007_transition_trigger.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

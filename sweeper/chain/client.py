@@ -6,6 +6,10 @@ a constant call from the deposit address (`wallet/triggerconstantcontract`, read
 helper raises on a revert and drops `energy_used`) and the caller passes what it measured to
 `check_resources(energy_needed=)` and, through `fee_limit_for`, to `build_transfer(fee_limit_sun=)`.
 The answer is parsed by `sweeper.chain.transfers`, whose docstring gives java-tron's answer forms.
+
+Native TRX (`build_trx_sweep`, `transaction_status(token=None)`, `solid_block_trx_transfers`): the
+TransferContract is built locally (`sweeper.chain.trx`, which quotes java-tron's bandwidth and fee
+rules) so its size, hence its fee, is known exactly before it is signed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import httpx
 from tronpy import AsyncTron
 from tronpy.exceptions import ApiError, NotFound, TransactionError, TvmError, UnknownError
 from tronpy.exceptions import ValidationError as TronValidationError
+from tronpy.proto import calculate_txid_from_raw_data
 
 from sweeper.chain.errors import (
     BroadcastRejected,
@@ -39,6 +44,7 @@ from sweeper.chain.models import (
     Simulation,
     TokenTransfer,
     TransferStatus,
+    TrxSweep,
     TxState,
     UnsignedTransfer,
 )
@@ -51,9 +57,12 @@ from sweeper.chain.transfers import (
     decode_transfer_logs,
     sign_transfer,
     transfer_data,
+    trx_transfer_of,
+    trx_transfers_in_block,
     verify_transfer,
 )
 from sweeper.chain.transport import _NodeProvider, _safe_url
+from sweeper.chain.trx import bandwidth_bytes, plan_trx_sweep, transfer_raw_data
 from sweeper.domain import Clock, Secret, address_to_hex, check_tron_address, utcnow
 from sweeper.keys import SigningKey
 from sweeper.ratelimit import RateLimiter
@@ -122,7 +131,7 @@ class TronChain:
         self._fee_margin = fee_limit_margin_percent
         self._expiry_margin_ms = expiry_margin_ms
         self._params_ttl = chain_parameters_ttl
-        self._energy_fee: tuple[float, int] | None = None
+        self._chain_params: tuple[float, dict[str, Any]] | None = None
         self._contracts: dict[str, Any] = {}
         self._contract_lock = asyncio.Lock()
 
@@ -263,20 +272,39 @@ class TronChain:
         )
         return bool(account)
 
+    async def _chain_parameter(self, name: str, *, positive: bool = True) -> int:
+        """A chain parameter (`wallet/getchainparameters`), all of them cached together for
+        `chain_parameters_ttl`. java-tron omits `value` when it is 0."""
+        now = time.monotonic()
+        cached = self._chain_params
+        if cached is None or now - cached[0] >= self._params_ttl:
+            answer = await self._dict("wallet/getchainparameters", {})
+            entries = answer.get("chainParameter")
+            values: dict[str, Any] = {}
+            for entry in entries if isinstance(entries, list) else []:
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    values[entry["key"]] = entry.get("value", 0)
+            cached = self._chain_params = (now, values)
+        if name not in cached[1]:
+            raise ChainResponseError(f"the node's chain parameters have no {name}")
+        value = cached[1][name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (positive and value == 0):
+            raise ChainResponseError(f"{name} is {value!r}")
+        return value
+
     async def energy_fee(self) -> int:
         """Sun per energy unit (chain parameter getEnergyFee), cached for `chain_parameters_ttl`."""
-        now = time.monotonic()
-        if self._energy_fee is not None and now - self._energy_fee[0] < self._params_ttl:
-            return self._energy_fee[1]
-        params = await self._dict("wallet/getchainparameters", {})
-        for entry in params.get("chainParameter") or []:
-            if entry.get("key") == "getEnergyFee":
-                fee = entry.get("value")
-                if not isinstance(fee, int) or isinstance(fee, bool) or fee <= 0:
-                    raise ChainResponseError(f"getEnergyFee is {fee!r}")
-                self._energy_fee = (now, fee)
-                return fee
-        raise ChainResponseError("the node's chain parameters have no getEnergyFee")
+        return await self._chain_parameter("getEnergyFee")
+
+    async def trx_fees(self) -> tuple[int, int, int]:
+        """(getTransactionFee: sun per bandwidth byte burnt, getCreateAccountFee: burnt instead of the
+        bandwidth to create an account, getCreateNewAccountFeeInSystemContract: the TransferActuator's
+        charge for creating one), cached like `energy_fee`."""
+        return (
+            await self._chain_parameter("getTransactionFee"),
+            await self._chain_parameter("getCreateAccountFee", positive=False),
+            await self._chain_parameter("getCreateNewAccountFeeInSystemContract", positive=False),
+        )
 
     async def _block(self, path: str) -> BlockRef:
         block = await self._dict(path, {"visible": False})
@@ -457,6 +485,78 @@ class TronChain:
             built_monotonic=started,
         )
 
+    async def build_trx_sweep(
+        self, owner: str, destination: str, *, lifetime_ms: int = DEFAULT_LIFETIME_MS
+    ) -> TrxSweep:
+        """Plan the sweep of all of `owner`'s TRX to `destination` and build its TransferContract,
+        verified, not signed (`unsigned` None when nothing can be sent: `plan.amount_sun` 0).
+
+        Reads the owner's balance (`wallet/getaccount`) and bandwidth (`wallet/getaccountnet`),
+        whether the destination exists (`wallet/getaccount`), the fee parameters (`trx_fees`) and the
+        head block, which stamps timestamp/expiration (as `build_transfer`) and is the TAPOS
+        reference. The raw_data is built locally, so the plan's fee (`sweeper.chain.trx`) is the one
+        the chain will charge if the account is unchanged when it executes.
+        """
+        check_tron_address(owner)
+        check_tron_address(destination)
+        if owner == destination:
+            raise ValueError("cannot sweep TRX to the address itself")
+        if not isinstance(lifetime_ms, int) or isinstance(lifetime_ms, bool) or lifetime_ms <= 0:
+            raise ValueError("lifetime_ms must be a positive integer")
+        account = await self._dict("wallet/getaccount", {"address": address_to_hex(owner), "visible": False})
+        net = await self._dict("wallet/getaccountnet", {"address": address_to_hex(owner), "visible": False})
+        target = await self._dict(
+            "wallet/getaccount", {"address": address_to_hex(destination), "visible": False}
+        )
+        fee_per_byte, create_account_fee, system_fee = await self.trx_fees()
+        balance = _int(account, "balance")
+        if balance < 0:
+            raise ChainResponseError(f"getaccount {owner}: negative balance {balance}")
+        started = time.monotonic()  # before the head read: the lifetime left is never overstated
+        head = await self.latest_block()
+        timestamp, expiration = head.timestamp_ms, head.timestamp_ms + lifetime_ms
+
+        def raw_for(amount: int) -> dict[str, Any]:
+            return transfer_raw_data(
+                owner, destination, amount, ref_block=head, timestamp_ms=timestamp, expiration_ms=expiration
+            )
+
+        plan = plan_trx_sweep(
+            balance,
+            bytes_for=lambda amount: bandwidth_bytes(raw_for(amount)),
+            net_available=max(0, _int(net, "NetLimit") - _int(net, "NetUsed")),
+            free_net_available=max(0, _int(net, "freeNetLimit") - _int(net, "freeNetUsed")),
+            destination_exists=bool(target),
+            fee_per_byte=fee_per_byte,
+            create_account_fee=create_account_fee,
+            create_new_account_fee_in_system_contract=system_fee,
+        )
+        if plan.amount_sun <= 0:
+            return TrxSweep(plan, None)
+        raw_data = raw_for(plan.amount_sun)
+        txid = str(calculate_txid_from_raw_data(raw_data)).lower()
+        decoded = verify_transfer(
+            raw_data,
+            txid,
+            owner=owner,
+            token=None,
+            destination=destination,
+            amount=plan.amount_sun,
+            fee_limit_sun=0,
+        )
+        unsigned = UnsignedTransfer(
+            txid=txid,
+            raw_data=raw_data,
+            owner=owner,
+            destination=destination,
+            token=None,
+            amount=plan.amount_sun,
+            fee_limit_sun=0,
+            expiration_ms=decoded.expiration_ms,
+            built_monotonic=started,
+        )
+        return TrxSweep(plan, unsigned)
+
     def sign_transfer(
         self, unsigned: UnsignedTransfer, key: SigningKey, *, min_remaining_ms: int = 5_000
     ) -> SignedTransfer:
@@ -480,9 +580,9 @@ class TronChain:
         raise BroadcastRejected(code, message)
 
     async def transaction_status(
-        self, txid: str, *, expiration_ms: int, token: str = USDT_MAINNET
+        self, txid: str, *, expiration_ms: int, token: str | None = USDT_MAINNET
     ) -> TransferStatus:
-        """The transaction's fate as the solidified chain tells it.
+        """The transaction's fate as the solidified chain tells it (`token` None: a TRX transfer).
 
         EXPIRED is only said when no block can include it any more: java-tron refuses a transaction
         whose expiration is at or before the head block's time, so once the latest *solidified*
@@ -505,6 +605,8 @@ class TronChain:
         if str(info.get("id", txid)).lower() != txid.lower():
             raise ChainResponseError(f"asked for {txid}, the node answered about {info.get('id')}")
         receipt = info.get("receipt") or {}
+        if token is None:
+            return await self._trx_status(txid, info, receipt)
         # java-tron writes SUCCESS explicitly for a contract call; a missing result is no evidence.
         result = str(receipt.get("result", "MISSING_RESULT"))
         failed = info.get("result") == "FAILED" or result != "SUCCESS"
@@ -520,6 +622,23 @@ class TronChain:
             energy_used=_int(receipt, "energy_usage_total"),
             net_usage=_int(receipt, "net_usage"),
             transfers=tuple(decode_transfer_logs(info, token)) if not failed else (),
+        )
+
+    async def _trx_status(self, txid: str, info: dict[str, Any], receipt: Any) -> TransferStatus:
+        """A TRX TransferContract's info has no receipt.result (DEFAULT, not rendered): being in a
+        solidified block is success (a TransferActuator that fails never makes a block). What moved
+        is read from the solidified transaction itself; `fee` (absent when 0) is every sun burnt."""
+        if not isinstance(receipt, dict):
+            raise ChainResponseError(f"transaction info {txid}: receipt is not an object")
+        transaction = await self._dict("walletsolidity/gettransactionbyid", {"value": txid, "visible": False})
+        moved = trx_transfer_of(transaction, txid)
+        return TransferStatus(
+            txid=txid,
+            state=TxState.CONFIRMED,
+            block_number=_int(info, "blockNumber"),
+            fee_sun=_int(info, "fee"),
+            net_usage=_int(receipt, "net_usage"),
+            transfers=(moved,),
         )
 
     async def transaction_known(self, txid: str) -> bool:
@@ -542,6 +661,18 @@ class TronChain:
         solid, or a load-balanced backend that is behind): that raises ChainResponseError, never 0.
         (`gettransactioncountbyblocknum` answers `{"count": 0}` for a block it does not have: unusable.)
         """
+        return len(await self._solid_block_transactions(block_number))
+
+    async def solid_block_trx_transfers(self, block_number: int) -> tuple[int, list[TokenTransfer]]:
+        """A solidified block's transaction count (as `solid_block_transaction_count`, same errors) and
+        its successful TRX TransferContract transfers (token None, T-addresses): ONE request,
+        `walletsolidity/getblockbynum`."""
+        transactions = await self._solid_block_transactions(block_number)
+        return len(transactions), trx_transfers_in_block(transactions)
+
+    async def _solid_block_transactions(self, block_number: int) -> list[Any]:
+        """`walletsolidity/getblockbynum`'s transactions ([] for an empty block); ChainResponseError
+        for a block the node does not have solidified, another block, or a malformed answer."""
         block = await self._dict("walletsolidity/getblockbynum", {"num": block_number, "visible": False})
         if not block:
             raise ChainResponseError(
@@ -556,7 +687,7 @@ class TronChain:
         transactions = block.get("transactions", [])
         if not isinstance(transactions, list):
             raise ChainResponseError(f"getblockbynum {block_number}: transactions is not a list")
-        return len(transactions)
+        return transactions
 
     async def solid_transaction_infos(self, block_number: int) -> list[dict[str, Any]]:
         """All transaction infos of a solidified block (`walletsolidity/gettransactioninfobyblocknum`,

@@ -1,7 +1,9 @@
 """What the TRON client answers and signs: blocks, account resources, the resource check, transfer
-simulations, unsigned and signed transfers, broadcast results, transaction status and Transfer events.
+simulations, unsigned and signed transfers, broadcast results, transaction status and Transfer events,
+and the plan of a native TRX sweep.
 
-Money is integers (sun, token base units) throughout.
+Money is integers (sun, token base units) throughout. A transfer's `token` is the TRC20 contract's
+T-address, or None for native TRX (a TransferContract, no fee_limit).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sweeper.chain.errors import UnsafeTransaction
 
@@ -83,13 +85,14 @@ class Simulation:
 
 @dataclass(frozen=True)
 class UnsignedTransfer:
-    """A verified, not yet signed TRC20 transfer. `raw_data` is exactly what gets signed."""
+    """A verified, not yet signed transfer: TRC20 (`token` its contract) or native TRX (`token` None,
+    `fee_limit_sun` 0). `raw_data` is exactly what gets signed."""
 
     txid: str
     raw_data: dict[str, Any]
     owner: str
     destination: str
-    token: str
+    token: str | None
     amount: int
     fee_limit_sun: int
     expiration_ms: int
@@ -117,7 +120,7 @@ class SignedTransfer:
     signature: str  # 65 bytes hex
     owner: str
     destination: str
-    token: str
+    token: str | None  # None: native TRX
     amount: int
     fee_limit_sun: int
     expiration_ms: int
@@ -184,8 +187,11 @@ class TxState(StrEnum):
 
 @dataclass(frozen=True)
 class TokenTransfer:
+    """Money moved by a transaction: a TRC20 Transfer event (`log_index` its place in the logs), or a
+    native TRX TransferContract (`token` None, `log_index` 0, amount in sun)."""
+
     txid: str
-    token: str
+    token: str | None
     sender: str
     recipient: str
     amount: int
@@ -207,9 +213,44 @@ class TransferStatus:
 @dataclass(frozen=True)
 class DecodedTransfer:
     owner: str
-    token: str
+    token: str | None  # None: a TRX TransferContract
     destination: str
     amount: int
     fee_limit_sun: int
     expiration_ms: int
     timestamp_ms: int
+
+
+PaidBy = Literal["staked", "free", "burn", "new-account"]
+
+
+@dataclass(frozen=True)
+class TrxSweepPlan:
+    """How much of an address's TRX a sweep can send and what the chain will charge for it
+    (`sweeper.chain.trx.plan_trx_sweep`; java-tron's rules are quoted there).
+
+    `fee_sun` is everything the sender pays beyond `amount_sun`: the bandwidth burnt (`bandwidth_bytes`
+    x getTransactionFee, or getCreateAccountFee to a new account) plus, to a new account, the
+    TransferActuator's getCreateNewAccountFeeInSystemContract. `paid_by` says how the bandwidth is
+    paid: "staked" (staked/delegated bandwidth, to a new account too), "free" (the daily free
+    bandwidth; never to a new account), "burn" (bytes x fee per byte) or "new-account" (the
+    create-account fee burnt instead). `left_sun` = balance - amount - fee stays on the address: 0,
+    or less than one byte's fee where the amount's varint size flips. Nothing to send: amount 0,
+    fee 0, `left_sun` the whole balance.
+    """
+
+    balance_sun: int
+    amount_sun: int
+    fee_sun: int
+    bandwidth_bytes: int
+    paid_by: PaidBy
+    destination_exists: bool
+    left_sun: int
+
+
+@dataclass(frozen=True)
+class TrxSweep:
+    """A planned TRX sweep and its verified unsigned transfer (None when nothing can be sent)."""
+
+    plan: TrxSweepPlan
+    unsigned: UnsignedTransfer | None

@@ -1,5 +1,6 @@
-"""Pure functions on TRC20 transfers, no I/O: the call data, strict decoding and verification of a
-transfer before it is signed, signature recovery, Transfer events, constant-call answers.
+"""Pure functions on transfers, no I/O: the call data, strict decoding and verification of a
+transfer before it is signed (a TRC20 `transfer` call, or a native TRX TransferContract: token
+None), signature recovery, Transfer events, constant-call answers, a block's TRX transfers.
 
 Why the transfer is verified before signing: tronpy's online `build()` signs whatever txid the
 node's `getsignweight` returns. A lying or compromised node could hand back the txid of a
@@ -28,6 +29,7 @@ from tronpy.proto import calculate_txid_from_raw_data
 
 from sweeper.chain.errors import ChainResponseError, TransactionExpired, UnsafeTransaction
 from sweeper.chain.models import DecodedTransfer, SignedTransfer, Simulation, TokenTransfer, UnsignedTransfer
+from sweeper.chain.trx import TRANSFER_CONTRACT_TYPE_URL
 from sweeper.domain import InvalidAddress, address_to_hex, hex_to_address
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ _RAW_KEYS: Final = frozenset(
 _VALUE_KEYS: Final = frozenset(
     {"owner_address", "contract_address", "data", "call_value", "call_token_value", "token_id"}
 )
+_TRX_VALUE_KEYS: Final = frozenset({"owner_address", "to_address", "amount"})
 
 
 # --- pure helpers (also used by the tests and the scanner) --------------------------------------
@@ -65,8 +68,45 @@ def _to_hex41(value: Any) -> str:
     return address_to_hex(hex_to_address(text))
 
 
+def _check_numbers(raw_data: dict[str, Any]) -> tuple[int, int, int]:
+    """(fee_limit, expiration, timestamp), each a non-negative integer."""
+    fee_limit = raw_data.get("fee_limit", 0)
+    expiration = raw_data["expiration"]
+    timestamp = raw_data.get("timestamp", 0)
+    for number in (fee_limit, expiration, timestamp):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise UnsafeTransaction("fee_limit, expiration and timestamp must be integers")
+    return fee_limit, expiration, timestamp
+
+
+def _decode_trx_transfer(raw_data: dict[str, Any], contract: dict[str, Any]) -> DecodedTransfer:
+    """A TransferContract: exactly owner_address, to_address and a positive amount; no fee_limit."""
+    parameter = contract["parameter"]
+    if set(parameter) != {"value", "type_url"} or parameter["type_url"] != TRANSFER_CONTRACT_TYPE_URL:
+        raise UnsafeTransaction("the contract parameter has an unexpected type_url")
+    value = parameter["value"]
+    if not isinstance(value, dict) or set(value) != _TRX_VALUE_KEYS:
+        raise UnsafeTransaction("the TRX transfer has unexpected or missing fields")
+    amount = value["amount"]
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise UnsafeTransaction("the TRX transfer's amount is not a positive integer")
+    fee_limit, expiration, timestamp = _check_numbers(raw_data)
+    if fee_limit != 0:
+        raise UnsafeTransaction("a TRX transfer carries no fee_limit")
+    return DecodedTransfer(
+        owner=hex_to_address(_to_hex41(value["owner_address"])),
+        token=None,
+        destination=hex_to_address(_to_hex41(value["to_address"])),
+        amount=amount,
+        fee_limit_sun=0,
+        expiration_ms=expiration,
+        timestamp_ms=timestamp,
+    )
+
+
 def decode_transfer(raw_data: Any) -> DecodedTransfer:
-    """Decode a TRC20 transfer's raw_data strictly; anything unexpected raises UnsafeTransaction."""
+    """Decode a transfer's raw_data strictly: a TRC20 `transfer(address,uint256)` call, or a native
+    TRX TransferContract (token None); anything unexpected raises UnsafeTransaction."""
     try:
         if not isinstance(raw_data, dict) or not set(raw_data) <= _RAW_KEYS:
             raise UnsafeTransaction("raw_data has unexpected fields")
@@ -74,7 +114,11 @@ def decode_transfer(raw_data: Any) -> DecodedTransfer:
         if not isinstance(contracts, list) or len(contracts) != 1:
             raise UnsafeTransaction("the transaction must hold exactly one contract call")
         contract = contracts[0]
-        if set(contract) != {"parameter", "type"} or contract["type"] != "TriggerSmartContract":
+        if not isinstance(contract, dict) or set(contract) != {"parameter", "type"}:
+            raise UnsafeTransaction("the transaction's contract has unexpected fields")
+        if contract["type"] == "TransferContract":
+            return _decode_trx_transfer(raw_data, contract)
+        if contract["type"] != "TriggerSmartContract":
             raise UnsafeTransaction("the transaction is not a plain TriggerSmartContract")
         parameter = contract["parameter"]
         if parameter.get("type_url") != "type.googleapis.com/protocol.TriggerSmartContract":
@@ -94,12 +138,7 @@ def decode_transfer(raw_data: Any) -> DecodedTransfer:
             or data[8 : 8 + 24] not in ("0" * 24, "0" * 22 + "41")
         ):
             raise UnsafeTransaction("the call data is not transfer(address,uint256)")
-        fee_limit = raw_data.get("fee_limit", 0)
-        expiration = raw_data["expiration"]
-        timestamp = raw_data.get("timestamp", 0)
-        for number in (fee_limit, expiration, timestamp):
-            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-                raise UnsafeTransaction("fee_limit, expiration and timestamp must be integers")
+        fee_limit, expiration, timestamp = _check_numbers(raw_data)
         return DecodedTransfer(
             owner=hex_to_address(_to_hex41(value["owner_address"])),
             token=hex_to_address(_to_hex41(value["contract_address"])),
@@ -112,7 +151,7 @@ def decode_transfer(raw_data: Any) -> DecodedTransfer:
     except UnsafeTransaction:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, InvalidAddress):
-        raise UnsafeTransaction("raw_data is not a well-formed TRC20 transfer") from None
+        raise UnsafeTransaction("raw_data is not a well-formed transfer") from None
 
 
 def _check_txid(raw_data: dict[str, Any], txid: str) -> None:
@@ -139,12 +178,13 @@ def verify_transfer(
     node_txid: str,
     *,
     owner: str,
-    token: str,
+    token: str | None,
     destination: str,
     amount: int,
     fee_limit_sun: int,
 ) -> DecodedTransfer:
-    """Check that raw_data hashes to `node_txid` and is exactly transfer(destination, amount)."""
+    """Check that raw_data hashes to `node_txid` and is exactly transfer(destination, amount): of the
+    TRC20 `token`, or of native TRX when `token` is None (then `fee_limit_sun` must be 0)."""
     _check_txid(raw_data, node_txid)
     decoded = decode_transfer(raw_data)
     expected = {
@@ -412,3 +452,75 @@ def sign_transfer(
         fee_limit_sun=unsigned.fee_limit_sun,
         expiration_ms=unsigned.expiration_ms,
     )
+
+
+# --- native TRX transfers as a node renders them (visible=false) ---------------------------------
+
+
+def _trx_transfer_fields(transaction: Mapping[str, Any]) -> tuple[str, str, int] | None:
+    """(sender, recipient, amount in sun) of a TransferContract transaction; None if it is not one
+    or is malformed. Addresses as T-addresses (the node's 0x41 hex, or T-addresses when visible)."""
+    raw = transaction.get("raw_data")
+    contracts = raw.get("contract") if isinstance(raw, Mapping) else None
+    if not isinstance(contracts, list) or len(contracts) != 1 or not isinstance(contracts[0], Mapping):
+        return None
+    contract = contracts[0]
+    parameter = contract.get("parameter")
+    if contract.get("type") != "TransferContract" or not isinstance(parameter, Mapping):
+        return None
+    value = parameter.get("value")
+    if not isinstance(value, Mapping):
+        return None
+    amount = value.get("amount", 0)  # java-tron omits a 0 amount
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return None
+    try:
+        sender = hex_to_address(_to_hex41(value["owner_address"]))
+        recipient = hex_to_address(_to_hex41(value["to_address"]))
+    except (KeyError, TypeError, ValueError, InvalidAddress):
+        return None
+    return sender, recipient, amount
+
+
+def _contract_ret(transaction: Mapping[str, Any]) -> str | None:
+    rets = transaction.get("ret")
+    if isinstance(rets, list) and rets and isinstance(rets[0], Mapping):
+        ret = rets[0].get("contractRet")
+        return str(ret) if ret is not None else None
+    return None
+
+
+def trx_transfer_of(transaction: Any, txid: str) -> TokenTransfer:
+    """The TRX a solidified TransferContract moved, from `walletsolidity/gettransactionbyid`.
+
+    Raises ChainResponseError unless the answer is that transaction, a well-formed TransferContract,
+    and its `ret[0].contractRet` is SUCCESS.
+    """
+    if not isinstance(transaction, Mapping) or not transaction:
+        raise ChainResponseError(f"gettransactionbyid {txid}: the node does not have the transaction")
+    if str(transaction.get("txID", "")).lower() != txid.lower():
+        raise ChainResponseError(f"asked for {txid}, the node answered about {transaction.get('txID')}")
+    fields = _trx_transfer_fields(transaction)
+    if fields is None:
+        raise ChainResponseError(f"gettransactionbyid {txid}: not a well-formed TRX TransferContract")
+    ret = _contract_ret(transaction)
+    if ret != "SUCCESS":
+        raise ChainResponseError(f"gettransactionbyid {txid}: contractRet is {ret}, not SUCCESS")
+    sender, recipient, amount = fields
+    return TokenTransfer(txid.lower(), None, sender, recipient, amount, 0)
+
+
+def trx_transfers_in_block(transactions: Iterable[Any]) -> list[TokenTransfer]:
+    """The successful (`ret[0].contractRet == "SUCCESS"`) TransferContract transfers among a block's
+    transactions (`getblockbynum`'s `transactions`), token None, addresses as T-addresses. Other
+    contracts and malformed entries are skipped."""
+    out: list[TokenTransfer] = []
+    for transaction in transactions:
+        if not isinstance(transaction, Mapping) or _contract_ret(transaction) != "SUCCESS":
+            continue
+        fields = _trx_transfer_fields(transaction)
+        txid = transaction.get("txID")
+        if fields is None or not isinstance(txid, str):
+            continue
+        out.append(TokenTransfer(txid.lower(), None, *fields, 0))
+    return out

@@ -292,7 +292,10 @@ class Ledger:
                     f"sweep {sweep_id} is {current.state}; expected {expected} for -> {target.value}"
                 )
             check_transition(
-                SweepState(current.state), target, subject=f"sweep {sweep_id}", kind=AssetKind(current.asset_kind)
+                SweepState(current.state),
+                target,
+                subject=f"sweep {sweep_id}",
+                kind=AssetKind(current.asset_kind),
             )
             if holder is not None and current.claimed_by != holder:
                 raise IllegalTransition(

@@ -120,6 +120,9 @@ class ChainTransaction:
     energy_fee_sun: int
     net_usage: int
     net_fee_sun: int
+    # TransactionInfo.fee: every sun burnt (energy, bandwidth, and a TRX transfer's 1 TRX for
+    # creating its destination); 0 while pending for a token transfer (its energy is not run yet).
+    fee_sun: int = 0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChainTransaction:
@@ -140,6 +143,7 @@ class ChainTransaction:
             energy_fee_sun=int(data["energy_fee_sun"]),
             net_usage=int(data["net_usage"]),
             net_fee_sun=int(data["net_fee_sun"]),
+            fee_sun=int(data.get("fee_sun", 0)),
         )
 
 
@@ -334,6 +338,15 @@ class SandboxControl:
 
     def add_bandwidth(self, address: str, amount: int) -> NodeState:
         return self._node("add_bandwidth", address=address, amount=amount)
+
+    def use_free_bandwidth(self, address: str, amount: int | None = None) -> NodeState:
+        """Spend `amount` bytes of the address's daily free bandwidth (all of it by default)."""
+        if amount is None:
+            return self._node("use_free_bandwidth", address=address)
+        return self._node("use_free_bandwidth", address=address, amount=amount)
+
+    def reset_free_bandwidth(self, address: str) -> NodeState:
+        return self._node("reset_free_bandwidth", address=address)
 
     def blacklist(self, address: str, held: bool = True) -> NodeState:
         """Put `address` on (or, held=False, take it off) USDT's freeze list: its transfers revert."""

@@ -30,7 +30,9 @@ Switches (attributes of `node.switches`, or `POST /_sandbox/control {"op": "swit
 - `fail_after_broadcast` (N): the next N broadcasts are accepted, then answered `fail_status` (the
   answer lost: a retry of the same bytes gets DUP_TRANSACTION_ERROR);
 and on the node/world: `hold_broadcasts()` (requests stay open until `release_broadcasts()`),
-`world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`, and the USDT
+`world.hold_solidification()`, `world.hold_inclusion()`, `world.advance_time(s)`, an account's
+free bandwidth (`world.use_free_bandwidth(address[, n])`, `reset_free_bandwidth`; control ops of the
+same names), and the USDT
 contract's state: `world.blacklist(address)`, `world.pause_usdt()`, `world.set_energy_penalty(n)`
 (control ops `blacklist` {address, held}, `pause_usdt` {held}, `energy_penalty` {amount}).
 `triggerconstantcontract` and `estimateenergy` answer in java-tron's forms (see `_run_call`);
@@ -715,10 +717,7 @@ class SandboxNode:
     def _broadcast(self, body: dict[str, Any], solid: bool) -> dict[str, Any]:
         record = self.world.accept_transaction(body)
         if self.switches.drop_broadcasts:
-            with self.world.lock:
-                self.world.transactions.pop(record.txid, None)
-                if record.txid in self.world.pending:
-                    self.world.pending.remove(record.txid)
+            self.world.forget_transaction(record.txid)
         return {"result": True, "txid": record.txid}
 
     def _tx_visible_to(self, txid: str, solid: bool) -> TxRecord | None:
@@ -870,6 +869,7 @@ class SandboxNode:
                     "energy_fee_sun": tx.receipt.energy_fee_sun,
                     "net_usage": tx.receipt.net_usage,
                     "net_fee_sun": tx.receipt.net_fee_sun,
+                    "fee_sun": tx.receipt.fee_sun,
                 }
                 for tx in self.world.transactions.values()
                 if (owner is None or tx.owner == owner) and (to is None or tx.to == to)
@@ -898,6 +898,11 @@ class SandboxNode:
             w.delegate_energy(str(body["address"]), int(body["amount"]))
         elif op == "add_bandwidth":
             w.add_bandwidth(str(body["address"]), int(body["amount"]))
+        elif op == "use_free_bandwidth":
+            amount = body.get("amount")
+            w.use_free_bandwidth(_b58(body["address"]), None if amount is None else int(amount))
+        elif op == "reset_free_bandwidth":
+            w.reset_free_bandwidth(_b58(body["address"]))
         elif op == "reclaim_energy":
             w.reclaim_energy(_b58(body["address"]))
         elif op == "hold_broadcasts":

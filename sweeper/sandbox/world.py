@@ -13,6 +13,13 @@ The chain model follows java-tron closely where a sweeper could notice the diffe
 - a broadcast is checked like java-tron does it (duplicate, TAPOS, expiration against the head
   block's time, signature recovering to the owner, bandwidth, contract validation), and rejected
   with java-tron's error codes; bandwidth is charged when the transaction is accepted;
+- a TRX TransferContract follows java-tron's BandwidthProcessor.consume and TransferActuator (see
+  `_accept_trx_transfer`): bandwidth first (staked, free, else bytes x getTransactionFee burnt; to
+  a destination that does not exist: staked, else getCreateAccountFee burnt, never free), then the
+  validation against the balance left (`balance >= amount + getCreateNewAccountFeeInSystemContract`
+  to a new account); a refused broadcast changes nothing. As java-tron's pending state does, the
+  owner's side (fees and amount) is taken at acceptance; the destination is created/credited when
+  the block includes it, and a transfer that expires unmined gives the owner everything back;
 - a TRC20 transfer executes when its block is produced: energy from delegation first, then the
   owner's TRX burnt, all capped at fee_limit / energy fee; short of that it FAILS with OUT_OF_ENERGY
   and burns the whole limit, as java-tron does;
@@ -85,6 +92,10 @@ MAX_EXPIRATION_AHEAD_MS = 24 * 3600 * 1000
 RESULT_SIZE_IN_TX = 64
 # java-tron: TAPOS looks back over the last 65,536 blocks.
 TAPOS_WINDOW = 65_536
+# java-tron Wallet.broadcastTransaction: the message of BANDWITH_ERROR, and the prefix of every
+# CONTRACT_VALIDATE_ERROR message (Wallet.CONTRACT_VALIDATE_ERROR).
+BANDWIDTH_ERROR_MESSAGE = "Account resource insufficient error."
+CONTRACT_VALIDATE_PREFIX = "Contract validate error : "
 
 
 @dataclass
@@ -125,7 +136,10 @@ class Receipt:
     energy_usage: int = 0  # from delegated/staked energy
     energy_fee_sun: int = 0  # TRX burnt for energy
     net_usage: int = 0  # bandwidth bytes from delegated/free bandwidth
-    net_fee_sun: int = 0  # TRX burnt for bandwidth
+    net_fee_sun: int = 0  # TRX burnt for bandwidth (getCreateAccountFee for a new account)
+    # The actuator's own fee (TransactionResultCapsule.fee): TransferActuator's
+    # getCreateNewAccountFeeInSystemContract when the transfer creates its destination.
+    contract_fee_sun: int = 0
     energy_penalty: int = 0  # energy_penalty_total: the dynamic-energy part of the energy used
     res_message: str = ""
     # (contract T-address, topics as 32-byte hex, data hex)
@@ -133,7 +147,8 @@ class Receipt:
 
     @property
     def fee_sun(self) -> int:
-        return self.energy_fee_sun + self.net_fee_sun
+        """TransactionInfo.fee (TransactionUtil.buildTransactionInfoInstance): every sun burnt."""
+        return self.energy_fee_sun + self.net_fee_sun + self.contract_fee_sun
 
 
 @dataclass
@@ -157,6 +172,10 @@ class TxRecord:
     # ((token contract or None for TRX, recipient, amount) credited).
     scripted: bool = False
     moves: tuple[tuple[str | None, str, int], ...] = ()
+    # A broadcast TRX transfer: the owner's side is already taken (fees and amount); what its
+    # bandwidth took from the owner's staked / free bandwidth (given back if it expires unmined).
+    staked_bytes: int = 0
+    free_bytes: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -257,6 +276,25 @@ class World:
     def add_bandwidth(self, address: str, amount: int) -> None:
         with self.lock:
             self.account(address).delegated_bandwidth += amount
+
+    def use_free_bandwidth(self, address: str, amount: int | None = None) -> None:
+        """Spend `amount` bytes of the account's daily free bandwidth (all of it by default)."""
+        with self.lock:
+            acct = self.account(address)
+            acct.free_bandwidth_used = (
+                self.free_bandwidth if amount is None else acct.free_bandwidth_used + amount
+            )
+
+    def reset_free_bandwidth(self, address: str) -> None:
+        """A new day: the account's free bandwidth is whole again."""
+        with self.lock:
+            self.account(address).free_bandwidth_used = 0
+
+    def exists(self, address: str) -> bool:
+        """Whether java-tron's account store has the account (`wallet/getaccount` is not `{}`)."""
+        with self.lock:
+            acct = self.accounts.get(address)
+            return acct is not None and acct.activated
 
     def token_balance(self, contract: str, holder: str) -> int:
         with self.lock:
@@ -383,7 +421,7 @@ class World:
                     tx = self.transactions[txid]
                     # java-tron re-validates against the head (parent) time when applying a block.
                     if tx.expiration_ms <= parent.timestamp_ms:
-                        del self.transactions[txid]
+                        self.forget_transaction(txid)
                         continue
                     included.append(txid)
                 self.pending = []
@@ -430,6 +468,23 @@ class World:
     def transaction(self, txid: str) -> TxRecord | None:
         with self.lock:
             return self.transactions.get(txid)
+
+    def forget_transaction(self, txid: str) -> None:
+        """Drop a transaction that was accepted but never mined (expired, or lost by the node): the
+        pending state java-tron built for it is gone, so a TRX transfer's owner gets back its amount,
+        its fees and its bandwidth."""
+        with self.lock:
+            tx = self.transactions.get(txid)
+            if tx is None or tx.block_number is not None:
+                return
+            del self.transactions[txid]
+            if txid in self.pending:
+                self.pending.remove(txid)
+            if tx.contract_type == "TransferContract" and not tx.scripted:
+                owner = self.account(tx.owner)
+                owner.trx_sun += tx.amount + tx.receipt.net_fee_sun + tx.receipt.contract_fee_sun
+                owner.bandwidth_used -= tx.staked_bytes
+                owner.free_bandwidth_used -= tx.free_bytes
 
     def calculate_txid(self, raw_data: dict[str, Any]) -> str:
         return str(calculate_txid_from_raw_data(raw_data))
@@ -488,6 +543,19 @@ class World:
                     f"contained of permission.",
                 )
             size = len(Transaction(raw_data=proto_raw, signature=signature_bytes).SerializeToString())
+            if ctype == "TransferContract":
+                record = self._accept_trx_transfer(
+                    txid,
+                    raw,
+                    raw_hex=proto_raw.SerializeToString().hex(),
+                    signatures=signatures,
+                    owner=owner,
+                    value=value,
+                    size=size + RESULT_SIZE_IN_TX,
+                )
+                self.transactions[txid] = record
+                self.pending.append(txid)
+                return record
             record = self._validate_contract(
                 txid,
                 raw,
@@ -550,13 +618,6 @@ class World:
                 receipt=Receipt(result="SUCCESS"),
             )
 
-        if ctype == "TransferContract":
-            amount = int(value.get("amount", 0))
-            if amount <= 0 or amount > acct.trx_sun:
-                raise NodeRejection(
-                    "CONTRACT_VALIDATE_ERROR", "Validate TransferContract error, balance is not sufficient."
-                )
-            return record(None, _addr(value["to_address"]), amount, 0)
         if ctype != "TriggerSmartContract":
             raise NodeRejection("CONTRACT_VALIDATE_ERROR", f"sandbox node does not execute {ctype}")
         contract = _addr(value["contract_address"])
@@ -574,6 +635,82 @@ class World:
         amount = int(data[8 + 64 :], 16)
         return record(contract, to, amount, fee_limit)
 
+    def _accept_trx_transfer(
+        self,
+        txid: str,
+        raw: dict[str, Any],
+        *,
+        raw_hex: str,
+        signatures: list[str],
+        owner: str,
+        value: dict[str, Any],
+        size: int,
+    ) -> TxRecord:
+        """A TransferContract as java-tron's Manager.processTransaction takes it at broadcast.
+
+        1. BandwidthProcessor.consume: the owner must exist ("account [..] does not exist"); to a
+           destination that does not exist (`consumeForCreateNewAccount`): staked bandwidth if it
+           covers the bytes, else getCreateAccountFee burnt, never the free bandwidth; otherwise
+           staked, free, else bytes x getTransactionFee burnt; a balance short of the burn is
+           BANDWITH_ERROR "Account resource insufficient error." (Wallet.broadcastTransaction).
+        2. TransferActuator.validate, on the balance left: not to itself, amount > 0, and
+           `balance >= amount + fee` (fee: getCreateNewAccountFeeInSystemContract to a new account).
+           A refusal is CONTRACT_VALIDATE_ERROR "Contract validate error : <message>", and the
+           session is rolled back: the bandwidth charge is undone.
+        3. TransferActuator.execute takes amount + fee from the owner (here at acceptance; the
+           destination is created and credited when a block includes it).
+        """
+        acct = self.accounts.get(owner)
+        if acct is None or not acct.activated:
+            raise NodeRejection(
+                "CONTRACT_VALIDATE_ERROR", f"{CONTRACT_VALIDATE_PREFIX}account [{owner}] does not exist"
+            )
+        to = _addr(value["to_address"])
+        amount = value.get("amount", 0)
+        new_account = not self.exists(to)
+        receipt = Receipt(result="SUCCESS")
+        record = TxRecord(
+            txid=txid,
+            raw_data=raw,
+            raw_data_hex=raw_hex,
+            signature=signatures,
+            owner=owner,
+            contract_type="TransferContract",
+            contract=None,
+            to=to,
+            amount=int(amount),
+            fee_limit=0,
+            expiration_ms=int(raw["expiration"]),
+            receipt=receipt,
+        )
+        before = (acct.trx_sun, acct.bandwidth_used, acct.free_bandwidth_used)
+        if new_account:
+            if acct.bandwidth_available >= size:  # x getCreateNewAccountBandwidthRate (1)
+                acct.bandwidth_used += size
+                record.staked_bytes = receipt.net_usage = size
+            elif acct.trx_sun >= self.create_account_fee_sun:
+                acct.trx_sun -= self.create_account_fee_sun
+                receipt.net_fee_sun = self.create_account_fee_sun
+            else:
+                raise NodeRejection("BANDWITH_ERROR", BANDWIDTH_ERROR_MESSAGE)
+        else:
+            self._charge_bandwidth(record, size)
+            record.staked_bytes = acct.bandwidth_used - before[1]
+            record.free_bytes = acct.free_bandwidth_used - before[2]
+        fee = self.create_new_account_fee_in_system_contract_sun if new_account else 0
+        if to == owner:
+            message = "Cannot transfer TRX to yourself."
+        elif not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            message = "Amount must be greater than 0."
+        elif acct.trx_sun < amount + fee:
+            message = "Validate TransferContract error, balance is not sufficient."
+        else:
+            acct.trx_sun -= amount + fee
+            receipt.contract_fee_sun = fee
+            return record
+        acct.trx_sun, acct.bandwidth_used, acct.free_bandwidth_used = before
+        raise NodeRejection("CONTRACT_VALIDATE_ERROR", CONTRACT_VALIDATE_PREFIX + message)
+
     def _charge_bandwidth(self, tx: TxRecord, size: int) -> None:
         acct = self.accounts[tx.owner]
         if acct.bandwidth_available >= size:
@@ -586,11 +723,7 @@ class World:
             acct.trx_sun -= size * self.bandwidth_fee_sun
             tx.receipt.net_fee_sun = size * self.bandwidth_fee_sun
         else:
-            raise NodeRejection(
-                "BANDWITH_ERROR",
-                f"Account resource insufficient error. Account {tx.owner} has insufficient bandwidth "
-                f"and balance {acct.trx_sun} to create transaction, need {size * self.bandwidth_fee_sun}",
-            )
+            raise NodeRejection("BANDWITH_ERROR", BANDWIDTH_ERROR_MESSAGE)
 
     # --- transactions recorded by helpers (never broadcast by the sweeper) ---
 
@@ -746,8 +879,7 @@ class World:
             return
         owner = self.account(tx.owner)
         receipt = tx.receipt
-        if tx.contract is None:  # TRX transfer
-            owner.trx_sun -= tx.amount
+        if tx.contract is None:  # TRX transfer: the owner's side was taken at acceptance
             self.credit_trx(str(tx.to), tx.amount)
             return
         assert tx.to is not None

@@ -83,6 +83,7 @@ def write_config(
     min_sweep: str = "10",
     detect_mode: str | None = None,
     follow_lease_seconds: int | None = None,
+    trx_min_sweep: str | None = None,
     **pipeline: int,
 ) -> Path:
     """A config for the sandbox; with `listen_port`, the listener there receives the callbacks."""
@@ -104,6 +105,8 @@ def write_config(
         "[pipeline]\n" + "\n".join(f"{k} = {v}" for k, v in {"lease_seconds": 3, **pipeline}.items()),
         f'[[tokens]]\nsymbol = "USDT"\ncontract = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"\ndecimals = 6\nmin_sweep = "{min_sweep}"',
     ]
+    if trx_min_sweep is not None:  # native TRX swept too
+        lines.append(f'[[tokens]]\nsymbol = "TRX"\ndecimals = 6\nmin_sweep = "{trx_min_sweep}"')
     path = folder / "sweeper.toml"
     path.write_text("\n\n".join(lines) + "\n")
     return path

@@ -138,7 +138,14 @@ def check(observed: Observed, *, destination: str, expect: Expect, now: object) 
                 f"transfer {tx.txid} from {tx.owner} pays {tx.to}, not the destination {destination}"
             )
         burnt = tx.energy_fee_sun + tx.net_fee_sun
-        if burnt and tx.txid not in expect.burnt_txids:
+        owner_row = rows_by_txid.get(tx.txid)
+        if owner_row is not None and owner_row.is_trx:
+            # A TRX sweep pays its bandwidth from the swept TRX when it must: the row records it.
+            if owner_row.state is S.CONFIRMED and owner_row.fee_sun is not None and burnt > owner_row.fee_sun:
+                problems.append(
+                    f"sweep {owner_row.id}: burnt {burnt} sun, the ledger says {owner_row.fee_sun}"
+                )
+        elif burnt and tx.txid not in expect.burnt_txids:
             what = "energy not in place at broadcast" if tx.energy_fee_sun else "bandwidth not covered"
             problems.append(
                 f"transfer {tx.txid} from {tx.owner} burnt {burnt} sun of TRX ({what}: "

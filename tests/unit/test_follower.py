@@ -278,3 +278,45 @@ def test_a_deposit_whose_sweep_could_not_be_written_is_queued_when_the_database_
     assert rig.queued() == {WATCHED[1]: 20_000_000}
     cursor = rig.ledger.follow_cursor()
     assert cursor is not None and cursor.next_block == rig.chain.solid + 1
+
+
+# --- native TRX (issue 17) ----------------------------------------------------------------------
+
+TRX_TOKENS = (*TOKENS, TokenSettings(symbol="TRX", contract=None, decimals=6, min_sweep=Decimal("5")))
+
+
+def test_trx_deposits_come_from_each_blocks_transfer_contracts(rig: Rig) -> None:
+    """With TRX configured each block is read whole (its TransferContracts) besides its infos:
+    exactly the TRX deposits to watched addresses at or above min_sweep are queued, USDT as before;
+    an unserved block is still never skipped."""
+    scanner = Scanner(rig.ledger, rig.chain, TRX_TOKENS, concurrency=4)
+    follower = Follower(
+        rig.ledger, rig.chain, TRX_TOKENS, worker_id="daemon-a", scanner=scanner, batch_blocks=10
+    )
+    step(follower)  # the fresh-ledger pass reads every address once
+    rig.chain.trx_balance_reads.clear()
+    rig.chain.trx_balances[PAYER] = 10**12
+    rig.chain.mine_trx((PAYER, WATCHED[1], 12_000_000), (PAYER, STRANGER, 50_000_000))
+    rig.chain.mine_trx((PAYER, WATCHED[2], 4_000_000))  # below 5 TRX: read, not queued
+    rig.chain.mine((USDT, PAYER, WATCHED[3], 25_000_000))
+    unserved = rig.chain.mine((USDT, PAYER, WATCHED[4], 25_000_000))
+    rig.chain.unserved[unserved] = 1
+    step(follower)
+    assert {(r.address, r.token): r.observed_amount for r in rig.ledger.list_sweeps()} == {
+        (WATCHED[1], "TRX"): 12_000_000,
+        (WATCHED[3], "USDT"): 25_000_000,
+    }
+    assert sorted(rig.chain.trx_balance_reads) == sorted([WATCHED[1], WATCHED[2]])  # never the stranger
+    trx_row = next(r for r in rig.ledger.list_sweeps() if r.token == "TRX")
+    assert trx_row.token_contract is None and trx_row.is_trx
+    step(follower)  # the unserved block, served now
+    assert (WATCHED[4], "USDT") in {(r.address, r.token) for r in rig.ledger.list_sweeps()}
+
+
+def test_trx_in_a_poll_pass_is_one_balance_read_per_address(rig: Rig) -> None:
+    rig.chain.trx_balances[WATCHED[0]] = 9_000_000
+    report = asyncio.run(Scanner(rig.ledger, rig.chain, TRX_TOKENS, concurrency=4).run_pass())
+    assert sorted(rig.chain.trx_balance_reads) == sorted(WATCHED)
+    assert report.queued == 1
+    [row] = rig.ledger.list_sweeps()
+    assert (row.address, row.token, row.observed_amount, row.is_trx) == (WATCHED[0], "TRX", 9_000_000, True)

@@ -117,8 +117,19 @@ def test_unexpected_fields_are_refused_even_when_the_hash_ignores_them() -> None
     raw["contract"][0]["parameter"]["value"]["call_value"] = 5
     with pytest.raises(UnsafeTransaction):
         decode_transfer(raw)
-    with pytest.raises(UnsafeTransaction):
-        decode_transfer(TRX_TX["raw_data"])  # not a TRC20 call at all
+    # A plain TransferContract decodes as native TRX (issue 17) — and is refused where a token
+    # transfer was meant, and with a memo.
+    trx = decode_transfer(TRX_TX["raw_data"])
+    assert trx.token is None
+    with pytest.raises(UnsafeTransaction, match="token contract"):
+        verify_transfer(
+            copy.deepcopy(TRX_TX["raw_data"]), str(calculate_txid_from_raw_data(TRX_TX["raw_data"])), owner=trx.owner, token=USDT,
+            destination=trx.destination, amount=trx.amount, fee_limit_sun=0,
+        )  # fmt: skip
+    raw = copy.deepcopy(TRX_TX["raw_data"])
+    raw["data"] = "6d656d6f"
+    with pytest.raises(UnsafeTransaction, match="unexpected"):
+        decode_transfer(raw)
 
 
 def _log(address: str, sender: str, recipient: str, amount: int) -> dict[str, Any]:
