@@ -1258,6 +1258,17 @@ class Pipeline:
         token = self._token(row)
         if token is None:
             return await self._move(row, S.CANCELLED, f"{row.token} is no longer configured in [[tokens]]")
+        if row.address == self.options.destination:
+            return await self._move(
+                row, S.CANCELLED, "the address is wallet.destination: nothing to sweep", cooldown=True
+            )
+        if row.attempts >= self.options.max_attempts:
+            return await self._fail(
+                row,
+                f"gave up after {row.attempts} failed tries (pipeline.max_attempts = "
+                f"{self.options.max_attempts}): {row.last_error}",
+                paid=False,
+            )
         if row.send_attempts > self.options.max_attempts:
             # Nothing was ever burnt by a rejected or expired TRX transfer: a cool-down, no hold.
             return await self._fail(
@@ -1269,7 +1280,13 @@ class Pipeline:
         try:
             sweep = await self.chain.build_trx_sweep(row.address, self.options.destination)
         except ChainError as exc:
-            return await self._retry_later(row, f"reading the TRX balance and bandwidth failed: {exc}")
+            # The node, not the row: a back-off that grows per consecutive error, never counted.
+            errors = self._node_errors[row.id] = self._node_errors.get(row.id, 0) + 1
+            error = f"reading the TRX balance and bandwidth failed: {exc}"
+            log.warning("sweep step will be retried", sweep_id=row.id, state=row.state.value, error=error)
+            await self._release(row, self._backoff(errors), error[:1000])
+            return Step.WAIT
+        self._node_errors.pop(row.id, None)
         plan = sweep.plan
         if sweep.unsigned is None or plan.amount_sun < token.min_sweep_base_units:
             # Left alone, with a cool-down (doubling, up to a day) so the next pass does not queue

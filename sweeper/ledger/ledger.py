@@ -303,12 +303,14 @@ class Ledger:
                     f"{current.state} -> {target.value} refused"
                 )
             if exclusive:
-                blocker = self._address_blocker(conn, current.address, sweep_id)
+                # Which queued row goes first was decided by the claim; here only "is another sweep
+                # of the address past queued?", under the address row's lock like the claim's.
+                self._lock_addresses(conn, [current.address])
+                blocker = self._address_blocker(conn, current.address, sweep_id, now=now, kinds=None)
                 if blocker is not None:
                     raise AddressBusy(
                         f"sweep {sweep_id}: {current.address} has sweep {blocker.id} ({blocker.state}) "
-                        f"{'past queued' if blocker.state != SweepState.QUEUED.value else 'queued before it'}; "
-                        f"{current.state} -> {target.value} waits"
+                        f"past queued; {current.state} -> {target.value} waits"
                     )
             guard = [sweeps.c.id == sweep_id, sweeps.c.state == current.state]
             if holder is not None:
@@ -397,19 +399,33 @@ class Ledger:
 
     # --- claims -----------------------------------------------------------------------------
 
-    def _claimable(self, states: Sequence[SweepState], now: datetime) -> Any:
+    @staticmethod
+    def _blocks(other: Any, sweep_id: Any, now: datetime, kinds: Sequence[str]) -> Any:
+        """`other` (a sweeps row of the same address) keeps `sweep_id` in `queued`: it is past
+        `queued`, or it is an older queued row that could start now (due, and of a kind that may
+        start: ordering paused lets TRX rows start). An older row that waits (a back-off, a price
+        above the cap, a paused token) does not hold a younger one back: it starts once that one is
+        final."""
+        return or_(
+            other.c.state.in_([s.value for s in BUSY_STATES]),
+            and_(
+                other.c.state == SweepState.QUEUED.value,
+                other.c.id < sweep_id,
+                or_(other.c.next_attempt_at.is_(None), other.c.next_attempt_at <= now),
+                other.c.asset_kind.in_(kinds),
+            ),
+        )
+
+    def _claimable(self, states: Sequence[SweepState], now: datetime, kinds: Sequence[str]) -> Any:
         # One sweep per deposit address at a time past `queued`: two tokens' sweeps of one address
-        # would otherwise share (and misjudge) the energy delegated to it.
+        # would otherwise share (and misjudge) the energy and bandwidth on it.
         other = sweeps.alias("other")
         address_busy = (
             select(other.c.id)
             .where(
                 other.c.address == sweeps.c.address,
                 other.c.id != sweeps.c.id,
-                or_(
-                    other.c.state.in_([s.value for s in BUSY_STATES]),
-                    and_(other.c.state == SweepState.QUEUED.value, other.c.id < sweeps.c.id),
-                ),
+                self._blocks(other, sweeps.c.id, now, kinds),
             )
             .exists()
         )
@@ -447,7 +463,7 @@ class Ledger:
             due = conn.execute(
                 select(sweeps.c.id, sweeps.c.address, sweeps.c.state)
                 .where(
-                    self._claimable(states, now),
+                    self._claimable(states, now, kinds),
                     or_(sweeps.c.state != SweepState.QUEUED.value, sweeps.c.asset_kind.in_(kinds)),
                 )
                 .order_by(sweeps.c.id)
@@ -458,17 +474,14 @@ class Ledger:
             if queued_due:
                 # The address rows, locked in one order (no deadlock between claimers); then the
                 # check again, now that a concurrent claimer of the same address has committed.
-                conn.execute(
-                    select(addresses.c.id)
-                    .where(addresses.c.address.in_(sorted({r.address for r in queued_due})))
-                    .order_by(addresses.c.address)
-                    .with_for_update()
-                ).all()
+                self._lock_addresses(conn, (r.address for r in queued_due))
             ids: list[int] = []
             starting: set[str] = set()
             for row in due:  # at most one queued row per address starts in one batch
                 if row.state == SweepState.QUEUED.value:
-                    if row.address in starting or self._address_blocker(conn, row.address, int(row.id)):
+                    if row.address in starting or self._address_blocker(
+                        conn, row.address, int(row.id), now=now, kinds=kinds
+                    ):
                         continue
                     starting.add(row.address)
                 ids.append(int(row.id))
@@ -506,23 +519,34 @@ class Ledger:
             rows = conn.execute(select(sweeps).where(sweeps.c.id.in_(ids)).order_by(sweeps.c.id)).all()
         return [SweepRecord.from_row(r) for r in rows]
 
-    @staticmethod
-    def _address_blocker(conn: Connection, address: str, sweep_id: int) -> Any:
-        """Another sweep of `address` past `queued`, or queued before `sweep_id`: (id, state), or None.
-        Read after the address row is locked: what concurrent claimers committed is seen."""
+    def _address_blocker(
+        self, conn: Connection, address: str, sweep_id: int, *, now: datetime, kinds: Sequence[str] | None
+    ) -> Any:
+        """What keeps `sweep_id` in `queued` (`_blocks`; `kinds` None: only a sweep past `queued`):
+        (id, state), or None. Read with the address row locked: what concurrent claimers and
+        transitions committed is seen."""
+        blocking = (
+            sweeps.c.state.in_([s.value for s in BUSY_STATES])
+            if kinds is None
+            else self._blocks(sweeps, sweep_id, now, kinds)
+        )
         return conn.execute(
             select(sweeps.c.id, sweeps.c.state)
-            .where(
-                sweeps.c.address == address,
-                sweeps.c.id != sweep_id,
-                or_(
-                    sweeps.c.state.in_([s.value for s in BUSY_STATES]),
-                    and_(sweeps.c.state == SweepState.QUEUED.value, sweeps.c.id < sweep_id),
-                ),
-            )
+            .where(sweeps.c.address == address, sweeps.c.id != sweep_id, blocking)
             .order_by(sweeps.c.id)
             .limit(1)
         ).first()
+
+    @staticmethod
+    def _lock_addresses(conn: Connection, wanted: Iterable[str]) -> None:
+        """Lock these deposit address rows, in address order (two lockers never deadlock). Postgres:
+        FOR UPDATE; SQLite: the IMMEDIATE transaction already serialises every writer."""
+        conn.execute(
+            select(addresses.c.id)
+            .where(addresses.c.address.in_(sorted(set(wanted))))
+            .order_by(addresses.c.address)
+            .with_for_update()
+        ).all()
 
     def renew_lease(self, sweep_id: int, worker: str, lease_seconds: float) -> bool:
         """Extend a lease we still hold; False if it was lost (another worker took the row)."""

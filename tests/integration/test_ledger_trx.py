@@ -5,6 +5,7 @@ decided under a lock on the address row."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -107,14 +108,33 @@ def test_one_sweep_per_address_and_the_older_goes_first(known: Ledger, clock: Fa
     assert next_one.id == newer
 
 
-def test_an_older_queued_row_blocks_a_trx_row_moving_past_queued(known: Ledger) -> None:
+def test_an_older_queued_row_goes_first_unless_it_cannot_start_now(known: Ledger, clock: FakeClock) -> None:
+    """The older queued sweep of an address starts first; but one that waits (a back-off, a price
+    above the cap, a paused token) or cannot start (energy ordering paused) does not hold a younger
+    TRX sweep back. Past queued, only one at a time: a younger TRX row's queued -> signed is refused
+    while the older is in ordering."""
     usdt = known.queue_sweep(A1, "USDT", USDT, 20_000_000)
     trx = known.queue_sweep(A1, "TRX", None, 5_000_000)
     assert usdt is not None and trx is not None
-    with pytest.raises(AddressBusy, match="queued before it"):
+    # Ordering paused: only TRX rows may start, so the older USDT row does not block.
+    [claimed] = known.claim("w1", WORK, limit=10, lease_seconds=60, queued_kinds=(AssetKind.TRX,))
+    assert claimed.id == trx
+    known.release(trx, "w1")
+    # Both kinds may start: the older goes first.
+    [claimed] = known.claim("w1", WORK, limit=10, lease_seconds=60)
+    assert claimed.id == usdt and claimed.state is S.ORDERING
+    with pytest.raises(AddressBusy, match=f"has sweep {usdt} \\(ordering\\) past queued"):
         known.transition(trx, S.QUEUED, S.SIGNED, reason="jumping the queue", exclusive=True)
-    known.cancel(usdt)
-    known.transition(trx, S.QUEUED, S.SIGNED, reason="now", exclusive=True)
+    # The USDT row goes back to wait an hour (a price above the cap): the TRX row may go now.
+    known.transition(
+        usdt, S.ORDERING, S.QUEUED, reason="price above the cap", holder="w1", release=True,
+        changes={"next_attempt_at": clock() + timedelta(hours=1)},
+    )  # fmt: skip
+    [claimed] = known.claim("w2", WORK, limit=10, lease_seconds=60)
+    assert claimed.id == trx
+    known.transition(trx, S.QUEUED, S.SIGNED, reason="now", holder="w2", exclusive=True)
+    clock.advance(3700)  # the USDT row is due again, but the TRX sweep is past queued
+    assert [r.id for r in known.claim("w3", WORK, limit=10, lease_seconds=60)] == [trx]  # not usdt
 
 
 def test_a_cancellation_may_cool_the_pair_down(known: Ledger) -> None:

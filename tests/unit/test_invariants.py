@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sweeper.domain import SweepState
+from sweeper.domain import AssetKind, SweepState
 from sweeper.ledger.records import SweepRecord
 from sweeper.sandbox.control import ChainTransaction, ProviderOrder
 from tests.constants import DESTINATION, USDT, WALLET
@@ -23,6 +23,7 @@ def row(id: int, address: str, state: S, *, txid: str | None = None, amount: int
         id=id,
         address=address,
         token="USDT",
+        asset_kind=AssetKind.TOKEN,
         token_contract=USDT,
         state=state,
         observed_amount=amount,
@@ -33,6 +34,7 @@ def row(id: int, address: str, state: S, *, txid: str | None = None, amount: int
         cost_sun=4_000_000,
         provider_balance_sun=None,
         txid=txid,
+        fee_sun=None,
         signed_tx=None,
         expiration=None,
         attempts=1,
@@ -179,3 +181,21 @@ def test_expected_exceptions_are_named_by_the_case() -> None:
     )
     assert problems(half_way, settled=False) == []
     assert problems(half_way) != []
+
+
+def test_a_trx_sweep_may_burn_the_fee_it_recorded_and_no_more() -> None:
+    def trx_row(fee: int) -> SweepRecord:
+        return replace(
+            row(1, A0, S.CONFIRMED, txid="t1", amount=19_732_000),
+            token="TRX", asset_kind=AssetKind.TRX, token_contract=None, fee_sun=fee, serial=None, cost_sun=None,
+        )  # fmt: skip
+
+    transfer = tx(
+        "t1", A0, amount=19_732_000, contract=None, contract_type="TransferContract", net_fee_sun=268_000
+    )
+    paid = replace(good(), rows=[trx_row(268_000), good().rows[1]], orders=good().orders[1:])
+    assert problems(replace(paid, transactions=[transfer, good().transactions[1]])) == []
+    more = replace(
+        paid, rows=[trx_row(100_000), good().rows[1]], transactions=[transfer, good().transactions[1]]
+    )
+    assert any("burnt 268000 sun, the ledger says 100000" in p for p in problems(more))

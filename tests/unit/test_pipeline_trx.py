@@ -214,3 +214,25 @@ def test_trx_sweeps_go_on_while_energy_ordering_is_paused(rig: Rig) -> None:
     asyncio.run(go())
     assert rig.row(trx).state is S.CONFIRMED
     assert rig.row(usdt).state is S.QUEUED and rig.provider.orders == {}
+
+
+def test_trx_on_the_destination_itself_is_cancelled_with_a_cool_down(rig: Rig) -> None:
+    rig.ledger.upsert_addresses([NewAddress(DESTINATION, "import")])
+    sweep_id = rig.ledger.queue_sweep(DESTINATION, "TRX", None, 50_000_000)
+    assert sweep_id is not None
+    drive(rig, rig.pipeline())
+    assert rig.row(sweep_id).state is S.CANCELLED
+    assert rig.ledger.cooldown(DESTINATION, "TRX") is not None
+    assert rig.chain.transfers_from(DESTINATION) == []
+
+
+def test_node_errors_back_off_and_never_fail_a_trx_row(rig: Rig) -> None:
+    from sweeper.chain import ChainUnavailable
+
+    address = rig.address()
+    rig.chain.credit_trx(address, TRX_DEPOSIT)
+    sweep_id = rig.queue_trx(address)
+    rig.chain.fail("build_trx_sweep", *[ChainUnavailable("node down")] * 8)
+    drive(rig, rig.pipeline())
+    row = rig.row(sweep_id)
+    assert row.state is S.CONFIRMED and row.attempts == 0 and row.amount == TRX_DEPOSIT
