@@ -334,6 +334,7 @@ def write_stats(out: TextIO, stats: Stats, settings: Settings, *, as_json: bool)
     out.write(f"deposit addresses: {stats.addresses}\n")
     out.write(f"held addresses:    {stats.held}\n")
     out.write(f"energy cost paid:  {document['energy_cost_trx']} TRX\n")
+    out.write(f"fees burnt:        {document['fee_burnt_trx']} TRX (the sweeps' own transactions)\n")
     out.write(f"spent today (UTC): {document['spent_today_trx']} of {document['daily_cap_trx']} TRX\n")
     if stats.ordering_paused:
         out.write(f"ORDERING PAUSED:   {stats.ordering_paused} (`sweeper ordering resume`)\n")

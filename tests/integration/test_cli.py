@@ -263,3 +263,49 @@ def test_an_18_decimal_token_amount_is_exact_in_sweeps_list_and_stats(
     stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
     assert stats["swept"] == {"BIG": "1000000000.000000000000000001"}
     ledger.engine.dispose()
+
+
+def test_trx_beside_usdt_in_sweeps_list_show_and_stats(
+    config: Path, tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: a TRX sweep shows its kind, no contract, exact amounts and the fee it burnt; stats
+    count TRX beside USDT and the fees burnt."""
+    config.write_text(config.read_text() + '\n[[tokens]]\nsymbol = "TRX"\ndecimals = 6\nmin_sweep = "5"\n')
+    ledger = _migrated_with_addresses(config, tmp_path, db_url, capsys)
+    usdt = ledger.queue_sweep(A[0], "USDT", USDT, 25_000_000)
+    trx = ledger.queue_sweep(A[1], "TRX", None, 20_000_000)
+    assert usdt is not None and trx is not None
+    S = SweepState
+    ledger.transition(
+        trx, S.QUEUED, S.SIGNED, reason="signed", exclusive=True, changes={"amount": 19_732_000}
+    )
+    ledger.transition(trx, S.SIGNED, S.BROADCAST, reason="sent")
+    ledger.transition(trx, S.BROADCAST, S.CONFIRMED, reason="ok", changes={"fee_sun": 268_000})
+    rows = {r["token"]: r for r in json.loads(run(config, "sweeps", "list", "--json", capsys=capsys)[1])}
+    assert (rows["TRX"]["asset_kind"], rows["TRX"]["token_contract"]) == ("trx", None)
+    assert (rows["TRX"]["amount"], rows["TRX"]["fee_sun"], rows["TRX"]["fee_trx"]) == (
+        "19.732",
+        268_000,
+        "0.268",
+    )
+    assert (rows["USDT"]["asset_kind"], rows["USDT"]["token_contract"], rows["USDT"]["fee_sun"]) == (
+        "token", USDT, None,
+    )  # fmt: skip
+    shown = json.loads(run(config, "sweeps", "show", str(trx), "--json", capsys=capsys)[1])
+    assert [e["to_state"] for e in shown["events"]] == ["queued", "signed", "broadcast", "confirmed"]
+    stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
+    assert stats["swept"] == {"TRX": "19.732"}
+    assert (stats["fee_burnt_sun"], stats["fee_burnt_trx"]) == (268_000, "0.268")
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    assert main(["--config", str(config), "stats"], out=out) == 0
+    assert "swept TRX: 19.732" in out.getvalue() and "fees burnt:        0.268 TRX" in out.getvalue()
+    out = Tty()
+    assert main(["--config", str(config), "sweeps", "list"], out=out) == 0
+    assert any(" TRX " in line and "19.732" in line for line in out.getvalue().splitlines())
+    ledger.engine.dispose()

@@ -95,6 +95,16 @@ def test_refresh_from_ledger_gauges(known: Ledger, clock: FakeClock) -> None:
     text = metrics.render().decode()
     assert 'sweeper_swept_base_units_total{token="USDT"} 1.4e+07' in text
     assert 'sweeper_sweeps{state="queued"} 1.0' in text
+    # Native TRX beside USDT (issue 17): swept per asset, and what the sweeps' own transactions burnt.
+    trx = known.queue_sweep(A3, "TRX", None, 20_000_000)
+    assert trx is not None
+    known.transition(trx, S.QUEUED, S.SIGNED, reason="signed", exclusive=True, changes={"amount": 19_732_000})
+    step(known, trx, S.SIGNED, S.BROADCAST)
+    step(known, trx, S.BROADCAST, S.CONFIRMED, fee_sun=268_000)
+    metrics.refresh_from_ledger(known, stuck_after_seconds=STUCK, now=clock())
+    assert value(metrics, "sweeper_swept_base_units_total", token="TRX") == 19_732_000
+    assert value(metrics, "sweeper_swept_base_units_total", token="USDT") == 14_000_000
+    assert value(metrics, "sweeper_fee_burnt_sun_total") == 268_000
 
 
 def test_stuck_boundary_is_exact(known: Ledger, clock: FakeClock) -> None:
