@@ -16,6 +16,7 @@ from sweeper.config import Settings
 from sweeper.domain import InvalidAddress, check_tron_address
 from sweeper.errors import KeySourceError, UsageError
 from sweeper.ledger import Ledger, NewAddress
+from sweeper.progress import MIN_TOTAL, Progress, counted
 
 # The name these log lines had before they moved here (operators' log filters know it).
 log = structlog.get_logger("sweeper.scanner")
@@ -95,8 +96,16 @@ def _not_the_destination(settings: Settings, addresses: Iterator[NewAddress]) ->
 
 
 def sync_addresses(settings: Settings, ledger: Ledger) -> int:
-    """Upsert the configured deposit addresses; returns how many were new."""
-    added = ledger.upsert_addresses(_not_the_destination(settings, configured_addresses(settings, ledger)))
+    """Upsert the configured deposit addresses; returns how many were new. A large HD range not yet
+    in the ledger (the first start) shows its progress: deriving costs ~0.3 ms an address."""
+    configured = settings.addresses.hd_index_count() + len(settings.addresses.file_addresses)
+    configured += len(settings.keys.keyfile_keys or {})
+    new = max(0, configured - ledger.stats().addresses)
+    with Progress(
+        "deriving and registering deposit addresses", configured if new >= MIN_TOTAL else 0
+    ) as progress:
+        items = counted(configured_addresses(settings, ledger), progress)
+        added = ledger.upsert_addresses(_not_the_destination(settings, items))
     if added:
         log.info("deposit addresses added", added=added)
     return added
@@ -182,4 +191,5 @@ def import_addresses(ledger: Ledger, file: AddressFile) -> int:
                 )
     if problems:
         raise UsageError("\n".join([*problems, f"{path}: nothing imported"]))
-    return ledger.upsert_addresses(items)
+    with Progress("importing deposit addresses", len(items)) as progress:
+        return ledger.upsert_addresses(counted(items, progress))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from sweeper.errors import (
     SweeperError,
     UsageError,
 )
+from sweeper.export import FORMATS, parse_window, write_export
 from sweeper.ledger import ORDERING_PAUSE, Ledger, make_engine, require_head, upgrade
 from sweeper.logs import configure_logging
 
@@ -105,6 +108,18 @@ def cmd_sweeps_list(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_sweeps_export(ctx: Context) -> int:
+    # A data export: --format decides the form, on a terminal or not (--json and the TTY do not).
+    settings = ctx.settings()
+    window = parse_window(ctx.args.since, ctx.args.until)
+    ledger = ctx.ledger(settings)
+    try:
+        write_export(ctx.out, ledger.engine, settings, window, fmt=ctx.args.format, totals=ctx.args.totals)
+    finally:
+        ledger.engine.dispose()
+    return EXIT_OK
+
+
 def cmd_sweeps_show(ctx: Context) -> int:
     settings = ctx.settings()
     ledger = ctx.ledger(settings)
@@ -145,6 +160,31 @@ def cmd_addresses_release(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _address_arguments(texts: Sequence[str]) -> list[str]:
+    """ADDRESS… checked before the ledger is touched: any bad one is a usage error (exit 2)."""
+    found: list[str] = []
+    for text in texts:
+        try:
+            found.append(check_tron_address(text))
+        except InvalidAddress as exc:
+            raise UsageError(f"ADDRESS: {exc}") from None
+    return found
+
+
+def cmd_addresses_unwatch(ctx: Context) -> int:
+    wanted = _address_arguments(ctx.args.addresses)
+    changed, already = ctx.ledger().set_watched(wanted, False)
+    render.write_watch_change(ctx.out, changed, already, watched=False, as_json=ctx.json)
+    return EXIT_OK
+
+
+def cmd_addresses_watch(ctx: Context) -> int:
+    wanted = _address_arguments(ctx.args.addresses)
+    changed, already = ctx.ledger().set_watched(wanted, True)
+    render.write_watch_change(ctx.out, changed, already, watched=True, as_json=ctx.json)
+    return EXIT_OK
+
+
 def cmd_addresses_import(ctx: Context) -> int:
     settings = ctx.settings()
     file = read_address_file(Path(ctx.args.file), destination=settings.wallet.destination)
@@ -166,6 +206,43 @@ def cmd_stats(ctx: Context) -> int:
     settings = ctx.settings()
     render.write_stats(ctx.out, ctx.ledger(settings).stats(), settings, as_json=ctx.json)
     return EXIT_OK
+
+
+def cmd_status(ctx: Context) -> int:
+    """One screen: the daemon (from /healthz and /metrics when reachable), detection, sweeps by
+    state, spend, provider balance, held addresses, failing sweeps. `--watch`: refreshed in place on
+    a terminal; off a terminal one JSON document per line per refresh. Ctrl-C ends a watch (exit 0)."""
+    from sweeper.status import ask_daemon, gather
+
+    settings = ctx.settings()
+    ledger = ctx.ledger(settings)
+    try:
+        if ctx.args.watch is None:
+            render.write_status(ctx.out, gather(settings, ledger, ask_daemon(settings)), as_json=ctx.json)
+            return EXIT_OK
+        interval = max(1.0, float(ctx.args.watch))
+        try:
+            if ctx.json:
+                while True:
+                    document = gather(settings, ledger, ask_daemon(settings))
+                    ctx.out.write(json.dumps(document, ensure_ascii=False) + "\n")
+                    ctx.out.flush()
+                    time.sleep(interval)
+            from rich.live import Live
+
+            document = gather(settings, ledger, ask_daemon(settings))
+            with Live(
+                render.status_renderable(document), console=render.console(ctx.out), auto_refresh=False
+            ) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(
+                        render.status_renderable(gather(settings, ledger, ask_daemon(settings))), refresh=True
+                    )
+        except KeyboardInterrupt:
+            return EXIT_OK
+    finally:
+        ledger.engine.dispose()
 
 
 def cmd_demo(ctx: Context) -> int:
@@ -269,6 +346,13 @@ def configure_sweeps_parser(sub: Subparsers, common: argparse.ArgumentParser) ->
     p = _add(sweeps, common, "list", cmd_sweeps_list, "the ledger, newest first")
     p.add_argument("--state", help="only sweeps in this state")
     p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    p = _add(
+        sweeps, common, "export", cmd_sweeps_export, "accounting export: sweeps that moved or cost money"
+    )
+    p.add_argument("--since", required=True, help="YYYY-MM-DD (UTC day) or ISO 8601 time with Z; inclusive")
+    p.add_argument("--until", default=None, help="YYYY-MM-DD (UTC day) or ISO 8601 time with Z; exclusive")
+    p.add_argument("--format", required=True, choices=FORMATS, help="csv (RFC 4180) or json")
+    p.add_argument("--totals", action="store_true", help="instead: totals per asset and UTC day")
     p = _add(sweeps, common, "show", cmd_sweeps_show, "one sweep with its full event history")
     p.add_argument("id", type=int)
     p = _add(sweeps, common, "retry", cmd_sweeps_retry, "queue a new sweep for a failed one (retry_of = ID)")
@@ -288,6 +372,12 @@ def configure_addresses_parser(sub: Subparsers, common: argparse.ArgumentParser)
     )
     p.add_argument("address")
     p.add_argument("--token", default=None, help="only this token's hold (a symbol, e.g. USDT)")
+    p = _add(
+        addrs, common, "unwatch", cmd_addresses_unwatch, "stop detecting and queueing sweeps for ADDRESS…"
+    )
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    p = _add(addrs, common, "watch", cmd_addresses_watch, "watch ADDRESS… again (undo `unwatch`)")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS")
 
 
 def configure_ordering_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -297,6 +387,21 @@ def configure_ordering_parser(sub: Subparsers, common: argparse.ArgumentParser) 
 
 def configure_stats_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     _add(sub, common, "stats", cmd_stats, "totals: swept per token, energy cost, sweeps per state")
+
+
+def configure_status_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    p = _add(
+        sub, common, "status", cmd_status, "is everything fine? the daemon, detection, sweeps, spend, holds"
+    )
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 5) until Ctrl-C",
+    )
 
 
 def configure_demo_parser(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -360,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         configure_addresses_parser,
         configure_ordering_parser,
         configure_stats_parser,
+        configure_status_parser,
         configure_demo_parser,
         configure_work_parser,
         configure_run_parser,

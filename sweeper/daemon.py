@@ -496,6 +496,7 @@ class Daemon:
     def _update_live_metrics(self) -> None:
         self.metrics.count_up_to(self.metrics.node_errors, self.chain.requests_failed)
         self.metrics.count_up_to(self.metrics.provider_errors, self.provider.requests_failed)
+        self.metrics.daily_cap_sun.set(self.settings.safety.max_daily_spend_sun)  # follows SIGHUP
         if self.last_scan_completed is not None:
             self.metrics.set_detection_lag(self.last_scan_completed, self.now())
         if self.follower is not None:

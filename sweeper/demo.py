@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
+from sweeper import render
 from sweeper.config import load_settings
 from sweeper.daemon import Daemon
 from sweeper.domain import FINAL_STATES, Secret, SweepState, format_units, to_base_units
@@ -133,6 +134,11 @@ async def _demo(out: TextIO) -> int:
                     "contract: block following finds it (one node request per block, however many addresses)\n"
                 )
                 ok = await _watch(out, ledger, daemon, expected + 1, tty)
+            # The operator's one screen (`sweeper status`), asked of the running daemon.
+            from sweeper.status import ask_daemon, gather
+
+            answer = await asyncio.to_thread(ask_daemon, settings)
+            status = await asyncio.to_thread(gather, settings, ledger, answer)
             await daemon.shutdown()
             burnt = sum(
                 tx.receipt.fee_sun
@@ -147,6 +153,8 @@ async def _demo(out: TextIO) -> int:
                 len(box.provider.orders),
                 burnt,
             )
+            out.write("\n$ sweeper status\n")
+            render.console(out).print(render.status_renderable(status))
         finally:
             engine.dispose()
     if not ok:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 from typing import Final
 
@@ -230,7 +230,9 @@ def parse_decimal(value: object) -> Decimal:
 
 def to_base_units(amount: Decimal, decimals: int) -> int:
     """Token units -> integer base units, exactly; refuses amounts finer than the token allows."""
-    scaled = amount.scaleb(decimals)
+    with localcontext() as context:  # exact: scaleb would round to 28 digits by default
+        context.prec = max(28, len(amount.as_tuple().digits) + abs(decimals) + 2)
+        scaled = amount.scaleb(decimals)
     if scaled != scaled.to_integral_value():
         raise InvalidAmount(f"{amount} has more than {decimals} decimal places")
     return int(scaled)
@@ -240,7 +242,10 @@ def format_units(base_units: int | None, decimals: int) -> str | None:
     """Integer base units -> a decimal string in token units ("12.5"), exactly."""
     if base_units is None:
         return None
-    text = format(Decimal(base_units).scaleb(-decimals), "f")
+    # scaleb rounds to the context's precision (28 digits by default): a 78-digit amount needs more.
+    with localcontext() as context:
+        context.prec = max(28, len(str(abs(base_units))) + 2)
+        text = format(Decimal(base_units).scaleb(-decimals), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text

@@ -142,7 +142,9 @@ class Follower:
         self._recheck: set[tuple[str, str]] = set()
         self._next_block: int | None = None  # the cursor as we left it, while we hold the lease
         self._proved_at = float("-inf")
-        self._watched: set[str] = set()  # hex20 of every watched deposit address
+        # hex20 of every deposit address, unwatched ones too (`Ledger.address_page`): one watched
+        # again is then followed at once; meanwhile `blocked` skips its reads, `queue_sweep` refuses it.
+        self._watched: set[str] = set()
         self._watched_after_id = 0
         self._watched_loaded = False
         self.initial_pass_running = False  # the daemon's safety-net pass waits while this runs
@@ -524,7 +526,7 @@ class Follower:
         self._watched_loaded = True
         while True:
             page = await asyncio.to_thread(
-                self.ledger.watched_page, after_id=self._watched_after_id, limit=10_000
+                self.ledger.address_page, after_id=self._watched_after_id, limit=10_000
             )
             if not page:
                 return

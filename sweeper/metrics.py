@@ -113,6 +113,11 @@ class Metrics:
             "Charges against today's (UTC) daily spend cap: orders paid less refunds, plus reservations",
             registry=r,
         )
+        self.daily_cap_sun = Gauge(
+            "sweeper_daily_cap_sun",
+            "The daily spend cap (safety.max_daily_spend_trx) in sun, as configured (reloads included)",
+            registry=r,
+        )
         self.ordering_paused = Gauge(
             "sweeper_ordering_paused",
             "1 while energy ordering is paused until `sweeper ordering resume`, else 0",

@@ -7,6 +7,7 @@ for people. Imports no network client: the `sweeper scan` and `work` results are
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -17,6 +18,9 @@ from sweeper.ledger import HoldRecord, PauseRecord, Stats, SweepEventRecord, Swe
 from sweeper.ledger.records import DepositAddressRecord
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from sweeper.scanner import ScanReport
     from sweeper.worker import WorkResult
 
@@ -36,13 +40,41 @@ def print_json(out: TextIO, document: Any) -> None:
     out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
+def console(out: TextIO) -> Console:
+    """A rich console writing to `out` (only ever used for text on a terminal), as wide as the
+    terminal: a column that does not fit folds rather than being cut."""
+    from rich.console import Console
+
+    return Console(file=out, width=shutil.get_terminal_size((200, 24)).columns, soft_wrap=False)
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str | None = None,
+    show_header: bool = True,
+) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(
+        box=box.SIMPLE_HEAD if show_header else None,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold",
+        title=title,
+        show_header=show_header,
+    )
+    for header in headers:
+        grid.add_column(header.upper(), overflow="fold")
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+    return grid
+
+
 def print_table(out: TextIO, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    out.write(line.rstrip() + "\n")
-    for row in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    console(out).print(table(headers, rows))
 
 
 def write_result(out: TextIO, document: Any, text: str, *, as_json: bool) -> None:
@@ -287,7 +319,7 @@ def write_addresses(
         return
     print_table(
         out,
-        ["id", "address", "hd index", "label", "source", "held"],
+        ["id", "address", "hd index", "label", "source", "watched", "held"],
         [
             [
                 a.id,
@@ -295,6 +327,7 @@ def write_addresses(
                 a.hd_index,
                 a.label,
                 a.source,
+                "yes" if a.watched else "no",
                 "; ".join(f"{h.token} by sweep {h.sweep_id}: {h.reason}" for h in held.get(a.address, [])),
             ]
             for a in rows
@@ -308,6 +341,20 @@ def write_released(out: TextIO, released: Sequence[HoldRecord], *, as_json: bool
     else:
         for h in released:
             out.write(f"{h.address} {h.token} released (held since {iso(h.held_at)}: {h.reason})\n")
+
+
+def write_watch_change(
+    out: TextIO, changed: Sequence[str], already: Sequence[str], *, watched: bool, as_json: bool
+) -> None:
+    """`addresses unwatch` / `watch`: what changed, and what already was so."""
+    verb = "watched" if watched else "unwatched"
+    if as_json:
+        print_json(out, {verb: list(changed), "already": list(already)})
+        return
+    for address in changed:
+        out.write(f"{address} {verb}\n")
+    for address in already:
+        out.write(f"{address} was already {verb}\n")
 
 
 def write_resumed(out: TextIO, lifted: PauseRecord | None, *, as_json: bool) -> None:
@@ -393,3 +440,124 @@ def write_work(out: TextIO, result: WorkResult, *, as_json: bool) -> None:
         f"worked {result.rows_worked} rows; {result.open_left} sweeps still open",
         as_json=as_json,
     )
+
+
+# --- `sweeper status` ------------------------------------------------------------------------------
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172_800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86_400} d"
+
+
+def _ago(seconds: int | None) -> str:
+    return "never" if seconds is None else f"{_age(seconds)} ago"
+
+
+def status_renderable(document: dict[str, Any]) -> Any:
+    """The status screen: problems first, then the daemon, detection, sweeps, money, held, failing."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = []
+    if document["ok"]:
+        parts.append(Text(f"sweeper status at {document['at']}: everything fine", style="bold green"))
+    else:
+        parts.append(
+            Text(
+                f"sweeper status at {document['at']}: {len(document['problems'])} problem(s)",
+                style="bold red",
+            )
+        )
+        parts.extend(Text(f"  ! {p}", style="red") for p in document["problems"])
+    daemon, detection, spend, provider = (
+        document["daemon"],
+        document["detection"],
+        document["spend"],
+        document["provider"],
+    )
+    up = {True: "up", None: "not reachable (judged from the ledger)"}.get(daemon["up"], "down")
+    health = "" if daemon["healthy"] is None else (" (healthy)" if daemon["healthy"] else " (UNHEALTHY)")
+    facts = [
+        (
+            "daemon",
+            f"{up}{health} at {daemon['url']}; ledger last changed {_ago(daemon['last_ledger_activity_age_seconds'])}",
+        ),
+        (
+            "detection",
+            f"mode {detection['mode']}; last poll pass {_ago(detection['poll_pass_age_seconds'])}"
+            + (
+                f"; following at block {detection['follow_next_block']}, moved {_ago(detection['follow_advanced_age_seconds'])}"
+                if detection["follow_next_block"] is not None
+                else ""
+            )
+            + (
+                f", {detection['follow_lag_blocks']} blocks behind"
+                if detection["follow_lag_blocks"] is not None
+                else ""
+            ),
+        ),
+        ("spend today (UTC)", f"{spend['today_trx']} of {spend['cap_trx']} TRX ({spend['used_percent']} %)"),
+        (
+            "provider balance",
+            "-"
+            if provider["balance_trx"] is None
+            else f"{provider['balance_trx']} TRX ({provider['source']})",
+        ),
+        (
+            "energy ordering",
+            "PAUSED: " + document["ordering_paused"] if document["ordering_paused"] else "running",
+        ),
+    ]
+    parts.append(table(["", ""], facts, show_header=False))
+    rows = [
+        (state, info["count"], _age(info["oldest_age_seconds"]))
+        for state, info in document["sweeps"].items()
+        if info["count"] or info["oldest_age_seconds"] is not None
+    ]
+    parts.append(table(["state", "sweeps", "oldest"], rows or [("(none)", 0, "-")], title="sweeps"))
+    if document["held"]:
+        parts.append(
+            table(
+                ["address", "token", "sweep", "since", "reason"],
+                [
+                    (h["address"], h["token"], h["sweep_id"], h["since"], h["reason"])
+                    for h in document["held"]
+                ],
+                title="held addresses",
+            )
+        )
+    if document["failing"]:
+        parts.append(
+            table(
+                ["sweep", "state", "address", "token", "tries", "since", "last error"],
+                [
+                    (
+                        f["sweep_id"],
+                        f["state"],
+                        f["address"],
+                        f["token"],
+                        f["attempts"] + f["send_attempts"],
+                        f["since"],
+                        f["last_error"],
+                    )
+                    for f in document["failing"]
+                ],
+                title="failing sweeps",
+            )
+        )
+    return Group(*parts)
+
+
+def write_status(out: TextIO, document: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print_json(out, document)
+    else:
+        console(out).print(status_renderable(document))

@@ -24,6 +24,7 @@ from sweeper.clients import chain_from, provider_from
 from sweeper.config import Settings, TokenSettings
 from sweeper.errors import ChainError, ProviderError, RuntimeFailure
 from sweeper.ledger import Ledger
+from sweeper.progress import Progress
 from sweeper.protocols import BalanceSource
 
 log = structlog.get_logger("sweeper.scanner")
@@ -92,6 +93,7 @@ class Scanner:
         dry_run: bool = False,
         keep_candidates: bool | None = None,
         on_page: Callable[[int], Awaitable[None]] | None = None,
+        progress: Progress | None = None,
     ) -> PassReport:
         """One pass over every watched address; resumes an interrupted pass (not in a dry run).
 
@@ -117,6 +119,8 @@ class Scanner:
             await self._scan_page([address for _, address in page], report, semaphore, dry_run, keep)
             after_id = page[-1][0]
             report.addresses += len(page)
+            if progress is not None:
+                progress.advance(len(page))
             if not dry_run:
                 await asyncio.to_thread(
                     self.ledger.advance_scan_pass,
@@ -226,11 +230,13 @@ async def scan_once(settings: Settings, ledger: Ledger, *, dry_run: bool) -> Sca
     with candidates, ask the provider for the energy price. A node that fails the pass raises
     `ScanError` ("scan incomplete: ...", exit 1); a provider that fails the price is reported."""
     added = await asyncio.to_thread(sync_addresses, settings, ledger)
+    total = await asyncio.to_thread(ledger.watched_count)
     try:
         async with chain_from(settings) as chain:
-            report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
-                dry_run=dry_run, keep_candidates=True
-            )
+            with Progress("scan pass", total) as progress:
+                report = await Scanner(ledger, chain, settings.tokens, concurrency=SCAN_CONCURRENCY).run_pass(
+                    dry_run=dry_run, keep_candidates=True, progress=progress
+                )
     except (ChainError, ScanError) as exc:
         raise ScanError(f"scan incomplete: {exc}") from None
     price_sun: int | None = None

@@ -114,3 +114,11 @@ def clock() -> FakeClock:
 @pytest.fixture
 def ledger(engine: Engine, clock: FakeClock) -> Ledger:
     return Ledger(engine, clock)
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text on a (fake) terminal is as wide as the terminal says (`shutil.get_terminal_size` reads
+    COLUMNS first); under xdist that would be whatever the worker inherits. A fixed, wide one keeps
+    the tests of the text forms independent of where they run."""
+    monkeypatch.setenv("COLUMNS", "200")

@@ -154,8 +154,9 @@ class Ledger:
         actor: str | None = None,
     ) -> int | None:
         """Queue a sweep; None when (address, token) already has an open one (the index decides),
-        is held after a paid failure, or is cooling down after unpaid ones. `token_contract` None:
-        a native TRX sweep (asset kind 'trx'), else a TRC20 token's."""
+        is held after a paid failure, is cooling down after unpaid ones, or the address is unwatched
+        (`addresses unwatch`). `token_contract` None: a native TRX sweep (asset kind 'trx'), else a
+        TRC20 token's."""
         _check_token_amount("observed_amount", observed_amount)
         now = self.now()
         try:
@@ -171,6 +172,13 @@ class Ledger:
             raise
 
     def _blocked(self, conn: Connection, address: str, token: str, now: datetime) -> bool:
+        # The address row read FOR SHARE (Postgres): an `unwatch` committing meanwhile waits for
+        # this insert, or this read waits for it; once `set_watched` returns, nothing new is queued.
+        watched = conn.execute(
+            select(addresses.c.watched).where(addresses.c.address == address).with_for_update(read=True)
+        ).scalar()
+        if watched is not None and not watched:
+            return True
         held = conn.execute(
             select(holds.c.id).where(
                 holds.c.address == address, holds.c.token == token, holds.c.released_at.is_(None)
@@ -762,7 +770,8 @@ class Ledger:
         return CooldownRecord(r.address, r.token, int(r.failures), r.until, r.last_reason)
 
     def blocked(self, token: str, candidates: Iterable[str]) -> set[str]:
-        """Which of these addresses may not be queued for `token` now (held, or cooling down)."""
+        """Which of these addresses may not be queued for `token` now (held, cooling down, or
+        unwatched: detection does not even read their balances)."""
         wanted = list(candidates)
         if not wanted:
             return set()
@@ -782,7 +791,14 @@ class Ledger:
                     )
                 ).scalars()
             )
-        return held | cooling
+            unwatched = set(
+                conn.execute(
+                    select(addresses.c.address).where(
+                        addresses.c.address.in_(wanted), addresses.c.watched.is_(False)
+                    )
+                ).scalars()
+            )
+        return held | cooling | unwatched
 
     def pause(self, name: str) -> PauseRecord | None:
         with self.engine.connect() as conn:
@@ -1157,7 +1173,49 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(select(addresses.c.address).where(addresses.c.hd_index == hd_index)).scalar()
 
+    def set_watched(self, wanted: Iterable[str], watched: bool) -> tuple[list[str], list[str]]:
+        """`addresses unwatch` / `watch`, in one transaction: (changed, already) in the order given,
+        duplicates dropped. An address the ledger does not know raises LedgerError naming it, and
+        nothing changes. Unwatched: detection skips it and `queue_sweep` refuses it; its open sweeps
+        go on to their end. The choice is kept: `upsert_addresses` never touches an existing row."""
+        unique = list(dict.fromkeys(wanted))
+        now = self.now()
+        changed: set[str] = set()
+        with self.engine.begin() as conn:
+            known: set[str] = set()
+            for start in range(0, len(unique), 1000):
+                chunk = unique[start : start + 1000]
+                known.update(
+                    conn.execute(select(addresses.c.address).where(addresses.c.address.in_(chunk))).scalars()
+                )
+            unknown = [a for a in unique if a not in known]
+            if unknown:
+                raise LedgerError(
+                    f"not a deposit address in the ledger: {', '.join(unknown)}; nothing changed"
+                )
+            for start in range(0, len(unique), 1000):
+                chunk = unique[start : start + 1000]
+                # Only rows this transaction flips count as changed (a concurrent twin finds none).
+                changed.update(
+                    conn.execute(
+                        update(addresses)
+                        .where(addresses.c.address.in_(chunk), addresses.c.watched.is_(not watched))
+                        .values(watched=watched, updated_at=now)
+                        .returning(addresses.c.address)
+                    ).scalars()
+                )
+        return [a for a in unique if a in changed], [a for a in unique if a not in changed]
+
     # --- detection: watched pages and pass progress ------------------------------------------
+
+    def watched_count(self) -> int:
+        """How many deposit addresses are watched (a detection pass's total, for its progress)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(addresses).where(addresses.c.watched.is_(True))
+                ).scalar_one()
+            )
 
     def watched_page(self, *, after_id: int, limit: int) -> list[tuple[int, str]]:
         """(id, address) of watched deposit addresses with id > after_id, in id order (streaming)."""
@@ -1165,6 +1223,19 @@ class Ledger:
             rows = conn.execute(
                 select(addresses.c.id, addresses.c.address)
                 .where(addresses.c.id > after_id, addresses.c.watched.is_(True))
+                .order_by(addresses.c.id)
+                .limit(limit)
+            ).all()
+        return [(int(r.id), str(r.address)) for r in rows]
+
+    def address_page(self, *, after_id: int, limit: int) -> list[tuple[int, str]]:
+        """(id, address) of every deposit address, watched or not, with id > after_id, in id order.
+        The block follower's set: an address unwatched now may be watched again later (its id is
+        behind the follower's page mark by then); `blocked` and `queue_sweep` refuse it meanwhile."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(addresses.c.id, addresses.c.address)
+                .where(addresses.c.id > after_id)
                 .order_by(addresses.c.id)
                 .limit(limit)
             ).all()

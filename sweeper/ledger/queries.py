@@ -91,3 +91,93 @@ def last_completed_scan(engine: Engine) -> datetime | None:
     with engine.connect() as conn:
         value: datetime | None = conn.execute(select(func.max(scan_progress.c.completed_at))).scalar()
     return value
+
+
+# --- `sweeper status` ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenSweep:
+    id: int
+    address: str
+    token: str
+    state: str
+    attempts: int
+    send_attempts: int
+    last_error: str | None
+    updated_at: datetime
+
+
+def oldest_by_state(engine: Engine) -> dict[str, datetime]:
+    """For each open state: when its longest-waiting sweep last changed (entered it, or was released
+    with a reason). Open states with no sweep are absent."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sweeps.c.state, func.min(sweeps.c.updated_at).label("oldest"))
+            .where(sweeps.c.state.in_(sorted(s.value for s in OPEN_STATES)))
+            .group_by(sweeps.c.state)
+        ).all()
+    return {str(r.state): _aware(r.oldest) for r in rows}
+
+
+def failing_sweeps(engine: Engine, *, limit: int = 20) -> list[OpenSweep]:
+    """Open sweeps whose last step failed (a `last_error` is set), longest-failing first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                sweeps.c.id,
+                sweeps.c.address,
+                sweeps.c.token,
+                sweeps.c.state,
+                sweeps.c.attempts,
+                sweeps.c.send_attempts,
+                sweeps.c.last_error,
+                sweeps.c.updated_at,
+            )
+            .where(
+                sweeps.c.state.in_(sorted(s.value for s in OPEN_STATES)),
+                sweeps.c.last_error.is_not(None),
+            )
+            .order_by(sweeps.c.updated_at, sweeps.c.id)
+            .limit(limit)
+        ).all()
+    return [
+        OpenSweep(
+            id=int(r.id),
+            address=str(r.address),
+            token=str(r.token),
+            state=str(r.state),
+            attempts=int(r.attempts),
+            send_attempts=int(r.send_attempts),
+            last_error=r.last_error,
+            updated_at=r.updated_at,
+        )
+        for r in rows
+    ]
+
+
+def last_provider_balance(engine: Engine) -> tuple[int, datetime] | None:
+    """The provider balance the newest order recorded (sun) and when: `status` without a daemon."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(sweeps.c.provider_balance_sun, sweeps.c.updated_at)
+            .where(sweeps.c.provider_balance_sun.is_not(None))
+            .order_by(sweeps.c.id.desc())
+            .limit(1)
+        ).first()
+    return None if row is None else (int(row.provider_balance_sun), row.updated_at)
+
+
+def last_activity(engine: Engine) -> datetime | None:
+    """When the ledger last changed a sweep (a daemon at work leaves this recent)."""
+    with engine.connect() as conn:
+        value = conn.execute(select(func.max(sweeps.c.updated_at))).scalar()
+    return None if value is None else _aware(value)
+
+
+def _aware(value: datetime) -> datetime:
+    # min()/max() over a TypeDecorator column come back through its type on both backends; a naive
+    # value (SQLite aggregate) is UTC.
+    from datetime import UTC
+
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -40,4 +40,7 @@ def test_demo_sweeps_the_deposits_above_threshold_and_exits_0() -> None:
     assert "destination now holds 2677.5 USDT and 4.5 TRX" in out
     assert "for 4 provider orders" in out
     assert "TRX burnt by the sweep transfers: 0 " in out
+    # It ends with the operator's status screen, asked of the running daemon.
+    assert "$ sweeper status" in out and "sweeper status at" in out
+    assert "daemon             up" in out and "confirmed   5" in out
     assert "Traceback" not in result.stderr

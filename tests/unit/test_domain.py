@@ -163,3 +163,13 @@ def test_secret_never_shows_itself() -> None:
     assert "hunter2" not in f"{secret}"
     assert "hunter2" not in repr({"k": secret})
     assert secret.reveal() == "hunter2-very-secret"
+
+
+def test_format_units_is_exact_beyond_28_digits() -> None:
+    from sweeper.domain import format_units
+
+    assert (
+        format_units(123456789012345678901234567890123456789, 18)
+        == "123456789012345678901.234567890123456789"
+    )
+    assert format_units(10**78 - 1, 18) == "9" * 60 + "." + "9" * 18
