@@ -100,7 +100,7 @@ def sync_addresses(settings: Settings, ledger: Ledger) -> int:
     in the ledger (the first start) shows its progress: deriving costs ~0.3 ms an address."""
     configured = settings.addresses.hd_index_count() + len(settings.addresses.file_addresses)
     configured += len(settings.keys.keyfile_keys or {})
-    new = max(0, configured - ledger.stats().addresses)
+    new = max(0, configured - ledger.address_count())
     with Progress(
         "deriving and registering deposit addresses", configured if new >= MIN_TOTAL else 0
     ) as progress:

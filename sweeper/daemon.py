@@ -189,6 +189,15 @@ class Daemon:
         except AddressConfigProblem as exc:
             raise StartupError(str(exc)) from None
         log.info("deposit addresses synced", added=added)
+        try:  # the ledger gauges before the first scrape: a 0 scraped now would read as a jump later
+            await asyncio.to_thread(
+                self.metrics.refresh_from_ledger,
+                self.ledger,
+                stuck_after_seconds=self.settings.pipeline.stuck_alert_seconds,
+                now=self.now(),
+            )
+        except OperationalError as exc:
+            log.warning("metrics not refreshed: database unreachable", error=_first_line(exc))
         # With [metrics] listen, /healthz and /metrics move to a listener of their own (loopback, for
         # monitoring) and the internet-facing callback port serves /callback only.
         own = self.settings.metrics  # its host and port are None when [metrics] listen is unset

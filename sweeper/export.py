@@ -132,7 +132,10 @@ class ExportLine:
 
 def _line(row: Any) -> ExportLine:
     confirmed = row.state == SweepState.CONFIRMED.value
-    cost = 0 if row.cost_sun is None else int(row.cost_sun) - int(row.refund_sun or 0)
+    if row.cost_sun is not None:
+        cost = int(row.cost_sun) - int(row.refund_sun or 0)
+    else:  # an order adopted without its amount: the charge against the cap is what is known
+        cost = int(row.charge_sun or 0)
     return ExportLine(
         time=row.at,
         sweep_id=int(row.id),
@@ -160,6 +163,7 @@ def export_lines(engine: Engine, window: Window, *, chunk: int = CHUNK) -> Itera
     spent_or_moved = or_(
         sweeps.c.state == SweepState.CONFIRMED.value,
         func.coalesce(sweeps.c.cost_sun, 0) > 0,
+        func.coalesce(sweeps.c.charge_sun, 0) > 0,
         func.coalesce(sweeps.c.fee_sun, 0) > 0,
     )
     # A final state has no way out, so each final sweep has exactly one event entering it.
@@ -181,6 +185,7 @@ def export_lines(engine: Engine, window: Window, *, chunk: int = CHUNK) -> Itera
             sweeps.c.serial,
             sweeps.c.cost_sun,
             sweeps.c.refund_sun,
+            sweeps.c.charge_sun,
             sweeps.c.fee_sun,
             events.c.at,
         )

@@ -57,6 +57,8 @@ REFUSED_RETRY_SECONDS: Final = 300.0  # a node that refused following is asked a
 IN_LIST_CHUNK: Final = 1000  # addresses per ledger query (Postgres takes at most 65,535 parameters)
 # An address registered this long before following last moved may have missed that batch's read.
 ADDED_MARGIN: Final = timedelta(minutes=10)
+# `addresses unwatch`/`watch` looked for this far before the last look (commits that land late).
+WATCH_MARGIN: Final = timedelta(seconds=60)
 NODE_SETTING: Final = (
     'the node must keep transaction infos: java-tron\'s `storage.transHistory.switch = "on"` '
     '(the default) on a full node that serves /walletsolidity; or set [detect] mode = "poll"'
@@ -142,9 +144,13 @@ class Follower:
         self._recheck: set[tuple[str, str]] = set()
         self._next_block: int | None = None  # the cursor as we left it, while we hold the lease
         self._proved_at = float("-inf")
-        # hex20 of every deposit address, unwatched ones too (`Ledger.address_page`): one watched
-        # again is then followed at once; meanwhile `blocked` skips its reads, `queue_sweep` refuses it.
+        # hex20 of every watched deposit address. New ones come by id (`watched_page`); `addresses
+        # unwatch` / `watch` by `watch_changes_since` (the address's updated_at): an unwatched one
+        # leaves the set (and `_recheck`), one watched again joins it and its balance is read once.
         self._watched: set[str] = set()
+        self._changes_since: datetime | None = None  # the ledger's clock, read before the last look
+        # address -> the (updated_at, watched) already acted on
+        self._changes_seen: dict[str, tuple[datetime, bool]] = {}
         self._watched_after_id = 0
         self._watched_loaded = False
         self.initial_pass_running = False  # the daemon's safety-net pass waits while this runs
@@ -484,6 +490,8 @@ class Follower:
         if not self._recheck:
             return
         pending, self._recheck = self._recheck, set()
+        # An address unwatched meanwhile is forgotten: watched again, its balance is read then.
+        pending = {(a, k) for a, k in pending if hex20(a) in self._watched}
         by_token: dict[str, set[str]] = {}
         for address, contract in pending:
             by_token.setdefault(contract, set()).add(address)
@@ -526,10 +534,10 @@ class Follower:
         self._watched_loaded = True
         while True:
             page = await asyncio.to_thread(
-                self.ledger.address_page, after_id=self._watched_after_id, limit=10_000
+                self.ledger.watched_page, after_id=self._watched_after_id, limit=10_000
             )
             if not page:
-                return
+                break
             self._watched.update(hex20(address) for _, address in page)
             if not first_load:
                 added = {address for _, address in page}
@@ -541,6 +549,40 @@ class Follower:
                 )
             # Only once they were read: a failed read is retried with the same page next step.
             self._watched_after_id = page[-1][0]
+        await self._follow_watch_changes()
+
+    async def _follow_watch_changes(self) -> None:
+        """`addresses unwatch` / `watch` since the last look. The look goes back WATCH_MARGIN before
+        the ledger time read before the previous one (a change committed late is not missed); what
+        was already acted on (same updated_at) is skipped, so a change is acted on once."""
+        now = await asyncio.to_thread(self.ledger.now)
+        if self._changes_since is None:  # this process's first load just read the set as it is
+            self._changes_since = now
+            return
+        since = self._changes_since - WATCH_MARGIN
+        changes = await asyncio.to_thread(self.ledger.watch_changes_since, since)
+        rewatched: set[str] = set()
+        for address, watched, updated_at in changes:
+            if self._changes_seen.get(address) == (updated_at, watched):
+                continue
+            key = hex20(address)
+            if not watched:
+                self._watched.discard(key)
+            elif key not in self._watched:
+                rewatched.add(address)
+        if rewatched:
+            log.info(
+                "deposit addresses watched again: their balances are read once", addresses=len(rewatched)
+            )
+            await self._check(
+                {t.asset_key: rewatched for t in self.tokens},
+                alert_held=False,
+                reason="a deposit address watched again; balance at or above min_sweep",
+            )
+            self._watched.update(hex20(a) for a in rewatched)
+        # Only once acted on (a failed read is retried next step, the changes read again).
+        self._changes_seen = {a: (at, watched) for a, watched, at in changes}
+        self._changes_since = now
 
     # --- proving the node ----------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ def table(
 ) -> Table:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(
         box=box.SIMPLE_HEAD if show_header else None,
@@ -68,8 +69,8 @@ def table(
     )
     for header in headers:
         grid.add_column(header.upper(), overflow="fold")
-    for row in rows:
-        grid.add_row(*("" if v is None else str(v) for v in row))
+    for row in rows:  # as plain text: a reason or an error with [brackets] is not markup
+        grid.add_row(*(Text("" if v is None else str(v)) for v in row))
     return grid
 
 

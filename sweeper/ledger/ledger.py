@@ -1193,8 +1193,10 @@ class Ledger:
                 raise LedgerError(
                     f"not a deposit address in the ledger: {', '.join(unknown)}; nothing changed"
                 )
-            for start in range(0, len(unique), 1000):
-                chunk = unique[start : start + 1000]
+            ordered = sorted(unique)  # rows locked in address order, as the claim does: no deadlock
+            for start in range(0, len(ordered), 1000):
+                chunk = ordered[start : start + 1000]
+                self._lock_addresses(conn, chunk)
                 # Only rows this transaction flips count as changed (a concurrent twin finds none).
                 changed.update(
                     conn.execute(
@@ -1207,6 +1209,10 @@ class Ledger:
         return [a for a in unique if a in changed], [a for a in unique if a not in changed]
 
     # --- detection: watched pages and pass progress ------------------------------------------
+
+    def address_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(addresses)).scalar_one())
 
     def watched_count(self) -> int:
         """How many deposit addresses are watched (a detection pass's total, for its progress)."""
@@ -1228,29 +1234,28 @@ class Ledger:
             ).all()
         return [(int(r.id), str(r.address)) for r in rows]
 
-    def address_page(self, *, after_id: int, limit: int) -> list[tuple[int, str]]:
-        """(id, address) of every deposit address, watched or not, with id > after_id, in id order.
-        The block follower's set: an address unwatched now may be watched again later (its id is
-        behind the follower's page mark by then); `blocked` and `queue_sweep` refuse it meanwhile."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(addresses.c.id, addresses.c.address)
-                .where(addresses.c.id > after_id)
-                .order_by(addresses.c.id)
-                .limit(limit)
-            ).all()
-        return [(int(r.id), str(r.address)) for r in rows]
-
     def watched_added_since(self, since: datetime) -> list[str]:
-        """Watched deposit addresses registered at or after `since` (the block follower reads their
-        balances once: deposits made before they were watched are in blocks it never looked at)."""
+        """Watched deposit addresses registered, or watched again, at or after `since` (the block
+        follower reads their balances once: deposits made before are in blocks it never looked at
+        for them). `updated_at` changes at creation and with `set_watched` only."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(addresses.c.address)
-                .where(addresses.c.created_at >= since, addresses.c.watched.is_(True))
+                .where(addresses.c.updated_at >= since, addresses.c.watched.is_(True))
                 .order_by(addresses.c.id)
             ).all()
         return [str(r.address) for r in rows]
+
+    def watch_changes_since(self, since: datetime) -> list[tuple[str, bool, datetime]]:
+        """(address, watched, updated_at) of deposit addresses created, watched or unwatched at or
+        after `since` (indexed, 0010): the block follower's set follows `addresses unwatch`/`watch`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(addresses.c.address, addresses.c.watched, addresses.c.updated_at)
+                .where(addresses.c.updated_at >= since)
+                .order_by(addresses.c.id)
+            ).all()
+        return [(str(r.address), bool(r.watched), r.updated_at) for r in rows]
 
     def address_busy(self, address: str, *, other_than: int) -> int | None:
         """Another sweep of `address` past `queued` (it has, or is getting, energy there): its id."""

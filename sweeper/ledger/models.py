@@ -128,7 +128,11 @@ class DepositAddress(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
-    __table_args__ = (CheckConstraint("source IN ('hd', 'file', 'keyfile', 'import')", name="source"),)
+    __table_args__ = (
+        CheckConstraint("source IN ('hd', 'file', 'keyfile', 'import')", name="source"),
+        # `watch_changes_since`, every follow step (0010).
+        Index("ix_deposit_addresses_updated_at", "updated_at"),
+    )
 
 
 class Sweep(Base):

@@ -121,7 +121,8 @@ def oldest_by_state(engine: Engine) -> dict[str, datetime]:
 
 
 def failing_sweeps(engine: Engine, *, limit: int = 20) -> list[OpenSweep]:
-    """Open sweeps whose last step failed (a `last_error` is set), longest-failing first."""
+    """Open sweeps with a counted failure (`attempts` or `send_attempts`) and its last error,
+    longest-failing first."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -137,6 +138,9 @@ def failing_sweeps(engine: Engine, *, limit: int = 20) -> list[OpenSweep]:
             .where(
                 sweeps.c.state.in_(sorted(s.value for s in OPEN_STATES)),
                 sweeps.c.last_error.is_not(None),
+                # A counted failure, not a wait ("order not found (yet)", "resources missing"),
+                # which also leaves a last_error behind.
+                (sweeps.c.attempts + sweeps.c.send_attempts) > 0,
             )
             .order_by(sweeps.c.updated_at, sweeps.c.id)
             .limit(limit)

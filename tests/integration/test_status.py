@@ -76,7 +76,16 @@ def test_every_trouble_is_named(config: Path, db_url: str) -> None:
     # An open sweep whose last step failed.
     failing = ledger.queue_sweep(A[1], "USDT", USDT, 30_000_000)
     assert failing is not None
-    ledger.transition(failing, S.QUEUED, S.ORDERING, reason="claimed", changes={"last_error": "node down"})
+    ledger.transition(
+        failing, S.QUEUED, S.ORDERING, reason="claimed", changes={"last_error": "node down", "attempts": 1}
+    )
+    # A sweep that only waits (an order not found yet) leaves a last_error too: not a failure.
+    ledger.upsert_addresses([NewAddress("TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW", "import")])
+    waiting = ledger.queue_sweep("TJCnKsPa7y5okkXvQAidZBzqx3QyQ6sxMW", "USDT", USDT, 30_000_000)
+    assert waiting is not None
+    ledger.transition(
+        waiting, S.QUEUED, S.ORDERING, reason="claimed", changes={"last_error": "not found (yet)"}
+    )
     # Today's spend at 90 % of the 500 TRX cap; the last order saw a provider balance of 3 TRX.
     spender = ledger.queue_sweep(A[2], "USDT", USDT, 40_000_000)
     assert spender is not None
@@ -105,7 +114,7 @@ def test_every_trouble_is_named(config: Path, db_url: str) -> None:
     }  # fmt: skip
     assert doc["provider"]["balance_sun"] == 3_000_000 and doc["provider"]["source"] == "last order"  # type: ignore[index]
     sweeps = doc["sweeps"]
-    assert sweeps["ordering"]["count"] == 1 and sweeps["energy_ordered"]["count"] == 1  # type: ignore[index]
+    assert sweeps["ordering"]["count"] == 2 and sweeps["energy_ordered"]["count"] == 1  # type: ignore[index]
     assert sweeps["failed"] == {"count": 1, "oldest_age_seconds": None}  # type: ignore[index]
     assert sweeps["ordering"]["oldest_age_seconds"] is not None  # type: ignore[index]
     ledger.engine.dispose()
@@ -155,3 +164,37 @@ def test_watch_off_a_terminal_is_one_json_document_per_refresh_and_ctrl_c_ends_i
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_text_with_brackets_is_printed_as_it_is(config: Path, db_url: str) -> None:
+    """Reasons and errors are plain text on a terminal, never rich markup: "[[tokens]]" stays, and
+    "[/x]" does not crash the screen."""
+    ledger = Ledger(make_engine(db_url))
+    ledger.upsert_addresses([NewAddress(A[0], "import"), NewAddress(A[1], "import")])
+    held = ledger.queue_sweep(A[0], "USDT", USDT, 20_000_000)
+    assert held is not None
+    ledger.transition(held, S.QUEUED, S.ORDERING, reason="claimed")
+    ledger.transition(held, S.ORDERING, S.FAILED, reason="USDT is not in [[tokens]] [/x]", hold=True)
+    failing = ledger.queue_sweep(A[1], "USDT", USDT, 20_000_000)
+    assert failing is not None
+    ledger.transition(
+        failing,
+        S.QUEUED,
+        S.ORDERING,
+        reason="claimed",
+        changes={"last_error": "node said [bold]no[/bold]", "attempts": 1},
+    )
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for command in (["status"], ["addresses", "list"], ["sweeps", "show", str(held)]):
+        out = Tty()
+        assert main(["--config", str(config), *command], out=out) == 0, command
+        text = out.getvalue()
+        assert "[[tokens]] [/x]" in text or command == ["sweeps", "show", str(held)] and "[[tokens]]" in text
+    out = Tty()
+    assert main(["--config", str(config), "status"], out=out) == 0
+    assert "node said [bold]no[/bold]" in out.getvalue()
+    ledger.engine.dispose()

@@ -136,6 +136,7 @@ def test_the_follower_skips_an_unwatched_address_and_picks_it_up_when_watched_ag
     asyncio.run(follower.step())
     assert {r.address: r.observed_amount for r in known.list_sweeps()} == {A[3]: 25_000_000}
     assert (A[1], USDT) not in chain.balance_reads, "an unwatched address's balance is not read"
+    assert not follower._recheck, "an unwatched address is not remembered step after step"
 
     # Watched again: the deposit seen meanwhile is read once; a later deposit to A[2] (never
     # watched while the follower ran) is followed.
