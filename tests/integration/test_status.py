@@ -193,7 +193,9 @@ def test_text_with_brackets_is_printed_as_it_is(config: Path, db_url: str) -> No
         out = Tty()
         assert main(["--config", str(config), *command], out=out) == 0, command
         text = out.getvalue()
-        assert "[[tokens]] [/x]" in text or (command == ["sweeps", "show", str(held)] and "[[tokens]]" in text)
+        assert "[[tokens]] [/x]" in text or (
+            command == ["sweeps", "show", str(held)] and "[[tokens]]" in text
+        )
     out = Tty()
     assert main(["--config", str(config), "status"], out=out) == 0
     assert "node said [bold]no[/bold]" in out.getvalue()
