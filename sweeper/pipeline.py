@@ -300,7 +300,8 @@ class Pipeline:
         due = await asyncio.to_thread(self.ledger.list_sweeps, state=S.QUEUED, limit=self.options.concurrency)
         for row in due:
             log.info(
-                "dry run: would order energy and sweep",
+                # A TRX sweep orders no energy: its fee comes out of the swept TRX.
+                "dry run: would sweep" if row.is_trx else "dry run: would order energy and sweep",
                 sweep_id=row.id,
                 address=row.address,
                 token=row.token,
