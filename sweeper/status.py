@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -29,6 +29,7 @@ from sweeper.ledger.queries import (
     oldest_by_state,
     stuck_sweeps,
 )
+from sweeper.render import iso as _iso
 
 HTTP_TIMEOUT_SECONDS = 2.0
 SPEND_WARN_FRACTION = 0.8  # the same line as the "spend near the cap" alert
@@ -146,7 +147,9 @@ def gather(settings: Settings, ledger: Ledger, daemon: DaemonAnswer) -> dict[str
         }
         for state in SweepState
     }
-    stuck = stuck_sweeps(engine, entered_before=now - _delta(settings.pipeline.stuck_alert_seconds))
+    stuck = stuck_sweeps(
+        engine, entered_before=now - timedelta(seconds=settings.pipeline.stuck_alert_seconds)
+    )
     if stuck.count:
         problems.append(
             f"{stuck.count} sweep(s) open longer than {settings.pipeline.stuck_alert_seconds} s "
@@ -229,13 +232,3 @@ def gather(settings: Settings, ledger: Ledger, daemon: DaemonAnswer) -> dict[str
             for f in failing
         ],
     }
-
-
-def _delta(seconds: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -6,6 +6,7 @@ skipped the production backend would prove nothing.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
@@ -122,3 +123,10 @@ def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     COLUMNS first); under xdist that would be whatever the worker inherits. A fixed, wide one keeps
     the tests of the text forms independent of where they run."""
     monkeypatch.setenv("COLUMNS", "200")
+
+
+class Tty(io.StringIO):
+    """An in-memory stdout that says it is a terminal: the commands print text and tables to it."""
+
+    def isatty(self) -> bool:
+        return True

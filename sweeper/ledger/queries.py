@@ -8,7 +8,7 @@ that guards transitions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, Engine, func, literal, select
 
@@ -182,6 +182,4 @@ def last_activity(engine: Engine) -> datetime | None:
 def _aware(value: datetime) -> datetime:
     # min()/max() over a TypeDecorator column come back through its type on both backends; a naive
     # value (SQLite aggregate) is UTC.
-    from datetime import UTC
-
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -543,29 +543,17 @@ class World:
                     f"contained of permission.",
                 )
             size = len(Transaction(raw_data=proto_raw, signature=signature_bytes).SerializeToString())
-            if ctype == "TransferContract":
+            raw_hex = proto_raw.SerializeToString().hex()
+            if ctype == "TransferContract":  # bandwidth first, then the balance check (java-tron)
                 record = self._accept_trx_transfer(
-                    txid,
-                    raw,
-                    raw_hex=proto_raw.SerializeToString().hex(),
-                    signatures=signatures,
-                    owner=owner,
-                    value=value,
+                    txid, raw, raw_hex=raw_hex, signatures=signatures, owner=owner, value=value,
                     size=size + RESULT_SIZE_IN_TX,
+                )  # fmt: skip
+            else:
+                record = self._validate_contract(
+                    txid, raw, raw_hex=raw_hex, signatures=signatures, owner=owner, ctype=ctype, value=value
                 )
-                self.transactions[txid] = record
-                self.pending.append(txid)
-                return record
-            record = self._validate_contract(
-                txid,
-                raw,
-                raw_hex=proto_raw.SerializeToString().hex(),
-                signatures=signatures,
-                owner=owner,
-                ctype=ctype,
-                value=value,
-            )
-            self._charge_bandwidth(record, size + RESULT_SIZE_IN_TX)
+                self._charge_bandwidth(record, size + RESULT_SIZE_IN_TX)
             self.transactions[txid] = record
             self.pending.append(txid)
             return record

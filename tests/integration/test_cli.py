@@ -11,7 +11,7 @@ from sweeper.cli import main
 from sweeper.domain import SweepState
 from sweeper.ledger import Ledger, make_engine
 from sweeper.ledger.db import head_revision
-from tests.conftest import REPO
+from tests.conftest import REPO, Tty
 
 A = [
     "TUEZSdKsoDHQMeZwihtdoBiN46zxhGWYdH",
@@ -166,11 +166,6 @@ def test_sweeps_list_show_cancel_retry_stats(
 def test_tables_on_a_tty(
     config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import io
-
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     run(config, "migrate", capsys=capsys)
     out = Tty()
@@ -296,11 +291,6 @@ def test_trx_beside_usdt_in_sweeps_list_show_and_stats(
     stats = json.loads(run(config, "stats", "--json", capsys=capsys)[1])
     assert stats["swept"] == {"TRX": "19.732"}
     assert (stats["fee_burnt_sun"], stats["fee_burnt_trx"]) == (268_000, "0.268")
-    import io
-
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     out = Tty()
     assert main(["--config", str(config), "stats"], out=out) == 0

@@ -21,7 +21,7 @@ from sweeper.cli import main
 from sweeper.domain import SweepState
 from sweeper.export import COLUMNS, TOTALS_COLUMNS, Window, export_lines
 from sweeper.ledger import Ledger, NewAddress, make_engine
-from tests.conftest import REPO, FakeClock
+from tests.conftest import REPO, FakeClock, Tty
 from tests.constants import DESTINATION, USDT
 
 S = SweepState
@@ -355,17 +355,14 @@ def test_read_in_chunks_by_id(book: Book) -> None:
 
 
 def test_the_format_decides_even_on_a_terminal(config: Path, book: Book) -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
-    out = Terminal()
+    out = Tty()
     assert (
         main(["--config", str(config), "sweeps", "export", "--since", "2026-01-03", "--format", "csv"], out)
         == 0
     )
     assert next(csv.reader(io.StringIO(out.getvalue()))) == list(COLUMNS)
-    out = Terminal()
+    out = Tty()
     assert (
         main(["--config", str(config), "sweeps", "export", "--since", "2026-01-03", "--format", "json"], out)
         == 0

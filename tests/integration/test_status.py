@@ -19,7 +19,7 @@ from sweeper.cli import main
 from sweeper.domain import SweepState
 from sweeper.ledger import Ledger, NewAddress, make_engine
 from sweeper.ledger.ledger import utc_day
-from tests.conftest import REPO
+from tests.conftest import REPO, Tty
 from tests.constants import USDT
 
 S = SweepState
@@ -137,9 +137,6 @@ def test_oldest_age_per_state_counts_from_the_ledgers_clock(config: Path, db_url
 
 
 def test_the_screen_on_a_terminal(config: Path) -> None:
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     out = Tty()
     assert main(["--config", str(config), "status"], out=out) == 0
@@ -184,10 +181,6 @@ def test_text_with_brackets_is_printed_as_it_is(config: Path, db_url: str) -> No
         reason="claimed",
         changes={"last_error": "node said [bold]no[/bold]", "attempts": 1},
     )
-
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
 
     for command in (["status"], ["addresses", "list"], ["sweeps", "show", str(held)]):
         out = Tty()

@@ -6,7 +6,6 @@ import, and `watch` undoes it (the follower picks it up at once, even one it nev
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import json
 from decimal import Decimal
@@ -21,7 +20,7 @@ from sweeper.domain import SweepState as S
 from sweeper.follower import Follower
 from sweeper.ledger import Ledger, NewAddress, make_engine
 from sweeper.scanner import Scanner
-from tests.conftest import REPO
+from tests.conftest import REPO, Tty
 from tests.constants import MNEMONIC, USDT, WALLET
 from tests.fakes import FakeBlocks
 
@@ -165,11 +164,6 @@ def config(tmp_path: Path, db_url: str) -> Path:
     return path
 
 
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 def run(config: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(["--config", str(config), *args])
     captured = capsys.readouterr()
@@ -215,10 +209,10 @@ def test_unwatch_and_watch_commands(
     assert (code, json.loads(out)) == (0, {"watched": [A[0]], "already": []})
 
     # On a terminal: a short text.
-    terminal = Terminal()
+    terminal = Tty()
     assert main(["--config", str(config), "addresses", "watch", A[0], A[1]], out=terminal) == 0
     assert terminal.getvalue() == f"{A[1]} watched\n{A[0]} was already watched\n"
-    terminal = Terminal()
+    terminal = Tty()
     assert main(["--config", str(config), "addresses", "list"], out=terminal) == 0
     table = terminal.getvalue()
     assert "watched" in table.lower()

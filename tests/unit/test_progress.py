@@ -8,11 +8,7 @@ import io
 import structlog.testing
 
 from sweeper.progress import Progress, counted
-
-
-class Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+from tests.conftest import Tty
 
 
 class Clock:
